@@ -196,8 +196,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         raise
     except ValueError as exc:
         raise ModelFileError(f"{config_path}: {exc}") from None
-    if not config.name:
-        config.name = folder.name
+    config.name = folder.name  # the folder is the model's identity: a renamed folder is a renamed model
     weights_path = folder / WEIGHTS_FILE
     tensors = read_safetensors(weights_path)
     network = UNet(config.network)

@@ -16,6 +16,8 @@ arithmetic, so tiling code can plan without building a network.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any, Literal
 
 import torch
@@ -109,34 +111,30 @@ def halo(config: UNetConfig, size: int) -> int:
     return (size - out) // 2
 
 
+def _scan(config: UNetConfig, size: int, direction: int) -> Iterator[int]:
+    """Valid input lengths from ``size`` going down (-1) or up (+1).
+
+    Above the smallest valid length they recur every 2**depth pixels, so 2**(depth + 4) bounds the search.
+    """
+    stop = 0 if direction < 0 else max(size, 1) + 2 ** (config.depth + 4)
+    return (n for n in range(max(size, 1), stop, direction) if output_size(config, n) is not None)
+
+
 def nearest_valid_sizes(config: UNetConfig, size: int) -> tuple[int | None, int | None]:
     """The largest valid input length <= ``size`` and the smallest >= ``size`` (None where there is none)."""
-    below = next((n for n in range(size, 0, -1) if output_size(config, n) is not None), None)
-    step = 2**config.depth
-    above = next((n for n in range(max(size, 1), max(size, 1) + 8 * step + 200) if output_size(config, n)), None)
-    return below, above
+    return next(_scan(config, size, -1), None), next(_scan(config, size, +1), None)
 
 
 def valid_sizes_near(config: UNetConfig, size: int, count: int = 3) -> list[int]:
-    """Up to ``count`` valid input lengths on each side of ``size``, sorted, for suggestions and tile planning."""
-    found: list[int] = []
-    n = size
-    while n > 0 and len(found) < count:
-        if output_size(config, n) is not None:
-            found.append(n)
-        n -= 1
-    n = size + 1
-    while len([s for s in found if s > size]) < count and n < size + 64 * 2**config.depth:
-        if output_size(config, n) is not None:
-            found.append(n)
-        n += 1
-    return sorted(found)
+    """Up to ``count`` valid input lengths below and ``count`` above ``size`` (sorted), to suggest or plan tiles."""
+    below = list(islice(_scan(config, size, -1), count))
+    above = list(islice(_scan(config, size + 1, +1), count))
+    return sorted(below + above)
 
 
 def min_input_size(config: UNetConfig) -> int:
     """The smallest input length the network accepts."""
-    below, above = nearest_valid_sizes(config, 1)
-    return above if above is not None else 0
+    return next(_scan(config, 1, +1))
 
 
 def _size_message(config: UNetConfig, size: int) -> str:
