@@ -1,0 +1,37 @@
+"""Importing the plugin (what napari does at start-up) loads neither torch nor any GUI toolkit.
+
+Each check runs in a fresh interpreter, since this test process has long imported everything.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = (
+        f"{statement}\n"
+        "import sys\n"
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return output.split()
+
+
+@pytest.mark.parametrize("statement", [
+    "import napari_unet",
+    "import napari_unet._reader",
+    "import napari_unet._sample_data",
+])
+def test_import_is_light(statement):
+    assert _loaded_after(statement) == []
+
+
+def test_reader_finds_files_without_heavy_imports(tmp_path):
+    path = tmp_path / "x.tif"
+    path.write_bytes(b"II*\x00")
+    assert _loaded_after(f"from napari_unet._reader import get_reader; assert get_reader({str(path)!r})") == []
