@@ -1,0 +1,174 @@
+"""The validation split of fine-tuning: a block of the annotated area held out of training, and its scores.
+
+A user's annotations are few, so the split takes only what it needs: when there are enough annotated pixels,
+a compact block in a corner of the annotated area of up to eight items (about ``fraction`` of their
+annotation, at most a few patches' worth) is taken out of the training loss. A spatial block rather than
+scattered pixels, because neighbouring pixels are nearly copies of each other: scattered hold-out pixels would
+measure memorisation, not generalisation.
+
+Each block is evaluated as inference sees an image: the network reads the block with context around it (the
+halo of a valid-padding network, or a margin for same padding) and the output is cropped to the block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_unet.core.losses import foreground_dice, instances_from_classes, segmentation_loss
+from napari_unet.core.metrics import object_matching
+from napari_unet.core.targets import Item
+from napari_unet.core.unet import UNetConfig, halo, min_input_size, nearest_valid_sizes, output_size
+
+MIN_PIXELS = {2: 1024, 3: 8192}  # fewer held-out pixels than this make a noisy, misleading score
+MAX_PIXELS = {2: 65536, 3: 2**19}  # bounds the time one validation takes
+MAX_ITEMS = 8
+SAME_PADDING_CONTEXT = 16  # px of context around a block for same-padding networks
+
+
+@dataclass
+class Block:
+    """One held-out block: the network input with context, and the targets of the block itself."""
+
+    input: np.ndarray  # (C, *input) float32
+    crop: tuple[slice, ...]  # the block within the network's output
+    classes: np.ndarray
+    weights: np.ndarray
+    annotated: np.ndarray
+    instances: np.ndarray | None
+
+
+@dataclass
+class Validation:
+    blocks: list[Block]
+    task: str
+    annotated_pixels: int
+
+
+def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig, task: str) -> Validation | None:
+    """Take validation blocks out of ``items`` (their training weights become 0 there); None when the
+    annotated area is too small to spare ``fraction`` of it."""
+    if fraction <= 0:
+        return None
+    dims = network.spatial_dims
+    counts = np.array([int(item.targets.annotated.sum()) for item in items], dtype=np.float64)
+    chosen = np.unique(np.linspace(0, len(items) - 1, num=min(len(items), MAX_ITEMS)).round().astype(int))
+    budget = min(fraction * counts[chosen].sum(), MAX_PIXELS[dims])
+    boxes = {}
+    for index in chosen:
+        box = _corner_block(items[index].targets.annotated, budget * counts[index] / counts[chosen].sum())
+        held = int(items[index].targets.annotated[box].sum())
+        if 0 < held < counts[index]:
+            boxes[int(index)] = (box, held)
+    total = sum(held for _, held in boxes.values())
+    if total < MIN_PIXELS[dims]:
+        return None
+    blocks = []
+    for index, (box, _) in boxes.items():
+        blocks.append(_block(items[index], box, network))
+        targets = items[index].targets
+        targets.annotated[box] = False
+        targets.weights[box] = 0.0
+    return Validation(blocks, task, total)
+
+
+def _corner_block(annotated: np.ndarray, target: float) -> tuple[slice, ...]:
+    """The smallest square (in YX, all of any leading axis) at the lower-left corner of the annotated area's
+    bounding box that holds at least ``target`` annotated pixels."""
+    plane = annotated.reshape(-1, *annotated.shape[-2:]).sum(axis=0)
+    rows, cols = np.nonzero(plane)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    table = np.zeros((plane.shape[0] + 1, plane.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = plane.cumsum(0).cumsum(1)
+
+    def square(side: int) -> tuple[int, int, int, int]:
+        return max(top, bottom - side), bottom, left, min(right, left + side)
+
+    def count(side: int) -> int:
+        y0, y1, x0, x1 = square(side)
+        return int(table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0])
+
+    lo, hi = 1, max(bottom - top, right - left)
+    while lo < hi:  # smallest side whose square holds the target
+        mid = (lo + hi) // 2
+        if count(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    y0, y1, x0, x1 = square(lo)
+    return (*(slice(None),) * (annotated.ndim - 2), slice(y0, y1), slice(x0, x1))
+
+
+def _block(item: Item, box: tuple[slice, ...], network: UNetConfig) -> Block:
+    """The network input for ``box`` with context (mirrored beyond the item) and the block's targets."""
+    shape = item.targets.classes.shape
+    margin = 0 if network.padding == "valid" else SAME_PADDING_CONTEXT
+    border = halo(network, min_input_size(network)) if network.padding == "valid" else 0
+    starts, sizes, crop = [], [], []
+    for axis, piece in enumerate(box):
+        first, stop, _ = piece.indices(shape[axis])
+        length = stop - first
+        size = nearest_valid_sizes(network, length + 2 * (margin + border))[1]
+        out = output_size(network, size)
+        offset = (out - length) // 2
+        starts.append(first - (size - out) // 2 - offset)
+        sizes.append(size)
+        crop.append(slice(offset, offset + length))
+    t = item.targets
+    annotated = t.annotated[box].copy()
+    return Block(
+        input=_take_mirrored(item.image, starts, sizes),
+        crop=tuple(crop),
+        classes=t.classes[box].copy(),
+        weights=t.weights[box].copy(),
+        annotated=annotated,
+        instances=np.where(annotated, t.instances[box], 0) if t.instances is not None else None,
+    )
+
+
+def _take_mirrored(image: np.ndarray, starts: list[int], sizes: list[int]) -> np.ndarray:
+    """``image[:, start:start+size, ...]`` with indices outside the image mirrored back into it."""
+    indices = []
+    for start, size, n in zip(starts, sizes, image.shape[1:]):
+        index = np.arange(start, start + size)
+        if n == 1:
+            index = np.zeros_like(index)
+        else:
+            period = 2 * (n - 1)
+            index = np.mod(index, period)
+            index = np.where(index >= n, period - index, index)
+        indices.append(index)
+    return np.ascontiguousarray(image[np.ix_(np.arange(image.shape[0]), *indices)])
+
+
+@torch.no_grad()
+def validate(network: torch.nn.Module, validation: Validation, device: torch.device) -> dict[str, float]:
+    """Validation loss, foreground Dice and (instance models) object F1 at IoU 0.5 over all blocks."""
+    network.eval()
+    loss_total, predicted, truth = 0.0, [], []
+    tp = fp = fn = 0
+    for block in validation.blocks:
+        logits = network(torch.from_numpy(block.input[np.newaxis]).to(device))[(slice(None), slice(None),
+                                                                                 *block.crop)]
+        tensors = [torch.from_numpy(a[np.newaxis]).to(device) for a in (block.classes, block.weights,
+                                                                        block.annotated)]
+        loss = segmentation_loss(logits, *tensors)
+        loss_total += float(loss) * int(block.annotated.sum())
+        classes = logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+        predicted.append(classes[block.annotated])
+        truth.append(block.classes[block.annotated])
+        if block.instances is not None:
+            objects = np.where(block.annotated, instances_from_classes(classes), 0)
+            matching = object_matching(objects, block.instances)
+            tp, fp, fn = tp + matching.tp, fp + matching.fp, fn + matching.fn
+    pred, true = np.concatenate(predicted), np.concatenate(truth)
+    if validation.task == "instance":
+        pred, true = (pred > 0).astype(np.uint8), (true > 0).astype(np.uint8)
+    metrics = {
+        "val_loss": loss_total / validation.annotated_pixels,
+        "val_dice": foreground_dice(pred, true, np.ones(pred.shape, dtype=bool)),
+    }
+    if validation.task == "instance":
+        metrics["val_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return metrics

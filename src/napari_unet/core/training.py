@@ -1,0 +1,472 @@
+"""Fine-tuning: train a model on a user's corrected labels, as a generator that yields progress per step.
+
+:func:`finetune_steps` is what a napari generator worker runs: it prepares the data, then yields a
+:class:`TrainProgress` after every optimisation step and *returns* the tuned model (a new :class:`Model`; the
+model passed in is never modified). :func:`finetune` runs the same generator to the end for scripts and the
+command line. Training from scratch is the same call with ``Model.from_config(config, seed=...)``.
+
+The recipe is built for a few annotated images and a minute of CPU:
+
+* patches of a size the network accepts, each placed so that an annotated training pixel falls in its output,
+  augmented (flips, rotations, elastic deformation, intensity) - see :mod:`napari_unet.core.augment`;
+* targets and the U-Net weight map from :mod:`napari_unet.core.targets`, loss = weighted cross-entropy + soft
+  Dice over annotated pixels (:mod:`napari_unet.core.losses`);
+* AdamW with a linear warm-up then a cosine decay over the run (measured in steps or in time, whichever limit
+  is nearer); batch-norm statistics frozen when the batch is too small to estimate them; bf16 autocast on CPUs
+  with native bf16, automatic mixed precision on CUDA;
+* a validation block held out of the annotated area when there is enough of it: validation loss, foreground
+  Dice and object F1 about 20 times per run; the best state is kept and training stops early on a plateau.
+
+With ``steps`` given and ``time_budget_s=None`` a seed makes a run repeatable; a time budget makes the
+number of steps (and so the learning-rate schedule) depend on the machine's speed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from napari_unet.core.augment import NO_AUGMENTATION, Augmentation, extract_patch
+from napari_unet.core.cancel import is_cancelled
+from napari_unet.core.devices import resolve_device
+from napari_unet.core.errors import Cancelled, InvalidInputError
+from napari_unet.core.holdout import Validation, hold_out_validation, validate
+from napari_unet.core.losses import segmentation_loss
+from napari_unet.core.models import Model
+from napari_unet.core.targets import (
+    Item,
+    annotated_area,
+    check_classes,
+    instance_targets,
+    read_sample,
+    semantic_targets,
+)
+from napari_unet.core.unet import halo, min_input_size, nearest_valid_sizes, output_size
+from napari_unet.core.versions import annotation_snapshot, package_versions
+
+Progress = Callable[[int, int, str], Any]
+LOSS_WINDOW = 10  # steps averaged for the reported training loss
+MIN_FRACTION_BEFORE_EARLY_STOP = 0.3  # early validations move too much to call a plateau
+
+
+@dataclass
+class Sample:
+    """One annotated image. ``labels`` has the image's shape without its channel axis; 0 is background (or
+    class 0), positive values are object ids (instance models) or class ids (semantic models). Only pixels
+    inside ``mask`` (if given) and not equal to the model's ignore value carry loss."""
+
+    image: Any
+    labels: Any
+    mask: Any = None
+    axes: str = "YX"
+
+
+@dataclass
+class TrainProgress:
+    """What one training step reports. ``val_*`` are set only on steps that ran a validation (and on the
+    step-0 record, which validates the starting model); ``loss`` is None on that step-0 record."""
+
+    step: int
+    total_steps: int | None  # None when the run is limited by time only
+    elapsed_s: float
+    time_left_s: float | None
+    loss: float | None
+    learning_rate: float = 0.0
+    val_loss: float | None = None
+    val_dice: float | None = None
+    val_f1: float | None = None
+    best: bool = False  # this validation is the best so far: its weights are the ones kept
+    message: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "message"}
+
+
+@dataclass
+class _Data:
+    items: list[Item]  # padded so that every annotated pixel can sit in a patch's output
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    train_pixels: list[np.ndarray]  # flat indices of annotated training pixels, per item
+    item_probability: np.ndarray
+    validation: Validation | None
+    fingerprint: str
+    annotated_pixels: int
+    annotations: list[tuple[np.ndarray, np.ndarray, str]]  # per sample: labels, annotated area, axes
+
+
+def finetune(
+    model: Model, samples: Sequence[Sample], time_budget_s: float | None = 60.0, steps: int | None = None,
+    device: str | torch.device = "auto", progress: Progress | None = None, cancel: Any = None, seed: int = 0,
+    **options: Any,
+) -> Model:
+    """Fine-tune ``model`` on ``samples`` and return the tuned copy (see :func:`finetune_steps`)."""
+    steps_iter = finetune_steps(model, samples, time_budget_s, steps, device, progress, cancel, seed, **options)
+    while True:
+        try:
+            next(steps_iter)
+        except StopIteration as stop:
+            return stop.value
+
+
+def finetune_steps(
+    model: Model, samples: Sequence[Sample], time_budget_s: float | None = 60.0, steps: int | None = None,
+    device: str | torch.device = "auto", progress: Progress | None = None, cancel: Any = None, seed: int = 0,
+    *, learning_rate: float = 1e-3, batch_size: int = 4, patch_shape: int | Sequence[int] | None = None,
+    validation_fraction: float = 0.2, augment: bool | Augmentation = True,
+    on_cancel: Literal["best", "none"] = "best", weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
+    validations: int = 20, patience: int = 5, w0: float = 10.0, sigma: float = 5.0,
+    freeze_batchnorm: bool | None = None, mixed_precision: bool | None = None,
+) -> Generator[TrainProgress, None, Model]:
+    """Train a copy of ``model`` on ``samples``, yielding a :class:`TrainProgress` per step; return the copy.
+
+    ``time_budget_s`` and ``steps`` both limit the run (None lifts a limit; at least one is needed).
+    ``progress(done, total, message)`` is also called per step (``done``/``total`` in steps, or in seconds of
+    the time budget). When ``cancel`` is set the run stops before its next step: ``on_cancel="best"``
+    returns the best model so far (the validated best, else the latest weights), ``"none"`` raises
+    :class:`Cancelled`. ``freeze_batchnorm`` (default: when ``batch_size`` < 4 and the network has
+    statistics from earlier training) keeps batch-norm statistics as they are; ``mixed_precision`` (default: on CUDA, and on CPUs with native bf16) trains in reduced
+    precision. ``w0`` and ``sigma`` are the weight map's separation term (instance models).
+    """
+    started = time.perf_counter()
+    started_at = _dt.datetime.now(_dt.timezone.utc)
+    _check_options(time_budget_s, steps, batch_size, learning_rate, validation_fraction, on_cancel)
+    augmentation = augment if isinstance(augment, Augmentation) else (Augmentation() if augment else NO_AUGMENTATION)
+    rng = np.random.default_rng(seed)
+    data = _prepare(model, samples, patch_shape, validation_fraction, w0, sigma, rng)
+    target = resolve_device(device)
+    tuned = model.copy()
+    tuned.path, tuned.history = None, []
+    network = tuned.network.to(target)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    freeze = _freeze_batchnorm(network, batch_size) if freeze_batchnorm is None else freeze_batchnorm
+    precision = _precision(target, mixed_precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+
+    def elapsed() -> float:
+        return time.perf_counter() - started
+
+    def fraction_done(step: int) -> float:
+        done = step / steps if steps else 0.0
+        return max(done, elapsed() / time_budget_s) if time_budget_s else done
+
+    def report(record: TrainProgress) -> TrainProgress:
+        tuned.history.append(record.as_record())
+        if progress is not None:
+            if steps and not time_budget_s:
+                progress(record.step, steps, record.message)
+            else:
+                progress(min(int(record.elapsed_s), int(time_budget_s)), int(time_budget_s), record.message)
+        return record
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, float] = {}
+    best_loss, since_best, next_check = math.inf, 0, 1.0 / validations
+    step, losses, reason = 0, [], "steps"
+    if data.validation is not None:
+        metrics = validate(network, data.validation, target)
+        best_state, best_loss, best_metrics = _state(network), metrics["val_loss"], metrics
+        yield report(_record(0, steps, elapsed(), time_budget_s, [], 0.0, metrics, True))
+    while True:
+        done = fraction_done(step)
+        if done >= 1.0:
+            reason = "time" if not steps or step < steps else "steps"
+            break
+        if is_cancelled(cancel):
+            if on_cancel == "none":
+                raise Cancelled("fine-tuning was cancelled; the starting model is unchanged")
+            reason = "cancelled"
+            break
+        lr = learning_rate * _schedule(done, warmup_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, classes, weights, annotated = _batch(data, batch_size, rng, augmentation, target)
+        network.train()
+        if freeze:
+            for module in network.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        with torch.autocast(target.type, dtype=precision or torch.float32, enabled=precision is not None):
+            logits = network(images)
+        loss = segmentation_loss(logits, classes, weights, annotated)
+        if not torch.isfinite(loss):
+            raise InvalidInputError(f"training diverged at step {step + 1} (loss {loss.item()}); lower the "
+                                    f"learning rate (now {learning_rate:g})")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        losses.append(float(loss.item()))
+        metrics, is_best = {}, False
+        done = fraction_done(step)
+        if data.validation is not None and (done >= next_check or done >= 1.0):
+            next_check = (math.floor(done * validations) + 1) / validations
+            metrics = validate(network, data.validation, target)
+            if metrics["val_loss"] < best_loss * (1 - 1e-3):
+                best_state, best_loss, best_metrics, since_best, is_best = _state(network), metrics["val_loss"], \
+                    metrics, 0, True
+            else:
+                since_best += 1
+        yield report(_record(step, steps, elapsed(), time_budget_s, losses, lr, metrics, is_best))
+        if since_best >= patience and done >= MIN_FRACTION_BEFORE_EARLY_STOP:
+            reason = "plateau"
+            break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.to("cpu").eval()
+    _record_provenance(tuned, model, data, seed, step, elapsed(), reason, started_at, losses, best_metrics,
+                       dict(learning_rate=learning_rate, batch_size=batch_size, patch_shape=list(data.input_shape),
+                            validation_fraction=validation_fraction, augment=augmentation != NO_AUGMENTATION,
+                            w0=w0, sigma=sigma, freeze_batchnorm=freeze,
+                            mixed_precision=str(precision).replace("torch.", "") if precision else None,
+                            device=str(target)))
+    tuned.attachments["annotations.npz"] = annotation_snapshot(data.annotations)
+    return tuned
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options, schedule, precision
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_options(time_budget_s: float | None, steps: int | None, batch_size: int, learning_rate: float,
+                   validation_fraction: float, on_cancel: str) -> None:
+    if time_budget_s is None and steps is None:
+        raise InvalidInputError("give a time budget (time_budget_s) or a number of steps, or both")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise InvalidInputError(f"time_budget_s must be positive seconds, not {time_budget_s!r}")
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
+        raise InvalidInputError(f"steps must be a positive whole number, not {steps!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive whole number, not {batch_size!r}")
+    if not learning_rate > 0:
+        raise InvalidInputError(f"learning_rate must be positive, not {learning_rate!r}")
+    if not 0 <= validation_fraction <= 0.5:
+        raise InvalidInputError(f"validation_fraction must be between 0 (no validation) and 0.5, not "
+                                f"{validation_fraction!r}")
+    if on_cancel not in ("best", "none"):
+        raise InvalidInputError(f"on_cancel must be 'best' (return the best model so far) or 'none' (raise "
+                                f"Cancelled), not {on_cancel!r}")
+
+
+def _schedule(done: float, warmup: float) -> float:
+    """Learning-rate factor: linear warm-up from 10 % over the first ``warmup`` of the run, then cosine."""
+    if done < warmup:
+        return 0.1 + 0.9 * done / warmup
+    decay = (done - warmup) / max(1.0 - warmup, 1e-9)
+    return max(0.01, 0.5 * (1.0 + math.cos(math.pi * min(decay, 1.0))))
+
+
+def _precision(device: torch.device, requested: bool | None) -> torch.dtype | None:
+    """The autocast dtype, or None for float32 training."""
+    if device.type == "cuda":
+        if requested is False:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        if requested is None:
+            requested = _cpu_has_native_bf16()
+        return torch.bfloat16 if requested else None
+    return None  # MPS and others: float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16, AMX), where bf16 autocast is faster, not slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _freeze_batchnorm(network: torch.nn.Module, batch_size: int) -> bool:
+    """Freeze batch-norm statistics when a batch is too small to estimate them (fewer than 4 patches) and
+    the network already has statistics from earlier training; a fresh network must estimate its own."""
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return batch_size < 4 and bool(norms) and all(int(m.num_batches_tracked) > 0 for m in norms)
+
+
+def _state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def _record(step: int, steps: int | None, elapsed: float, budget: float | None, losses: list[float], lr: float,
+            metrics: dict[str, float], best: bool) -> TrainProgress:
+    """The step's report; its message shows the loss averaged over the last few steps, which is less noisy."""
+    left = [budget - elapsed] if budget else []
+    if steps and step:
+        left.append((steps - step) * elapsed / step)
+    parts = [f"step {step}" + (f"/{steps}" if steps else "")]
+    if left:
+        parts.append(f"{max(0.0, min(left)):.0f} s left")
+    if losses:
+        parts.append(f"loss {np.mean(losses[-LOSS_WINDOW:]):.4f}")
+    parts += [f"{name.replace('_', ' ')} {value:.3f}" for name, value in metrics.items()]
+    return TrainProgress(step=step, total_steps=steps, elapsed_s=elapsed,
+                         time_left_s=max(0.0, min(left)) if left else None,
+                         loss=losses[-1] if losses else None, learning_rate=lr,
+                         val_loss=metrics.get("val_loss"), val_dice=metrics.get("val_dice"),
+                         val_f1=metrics.get("val_f1"), best=best, message=", ".join(parts))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data: samples -> padded items, patch geometry, batches
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _prepare(model: Model, samples: Sequence[Sample], patch_shape: int | Sequence[int] | None,
+             validation_fraction: float, w0: float, sigma: float, rng: np.random.Generator) -> _Data:
+    config = model.config
+    if isinstance(samples, Sample) or not len(samples):
+        raise InvalidInputError("give a list of one or more Sample(image, labels, mask=None, axes='YX')")
+    digest = hashlib.sha256()
+    items: list[Item] = []
+    annotations: list[tuple[np.ndarray, np.ndarray, str]] = []
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, Sample):
+            raise InvalidInputError(f"sample {index} is a {type(sample).__name__}; wrap it as "
+                                    "Sample(image, labels, mask=None, axes='YX')")
+        try:
+            items += _sample_items(sample, index, model, w0, sigma, digest, annotations)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"sample {index}: {exc}") from None
+    input_shape, output_shape = _patch_geometry(config.network, [i.image.shape[1:] for i in items], patch_shape)
+    validation = hold_out_validation(items, validation_fraction, config.network, config.task)
+    annotated_pixels = sum(int(item.targets.annotated.sum()) for item in items)
+    if validation is not None:
+        annotated_pixels += validation.annotated_pixels
+    border = halo(config.network, input_shape[0]) if config.network.padding == "valid" else 0
+    items = [_pad(item, input_shape, border) for item in items]
+    train_pixels = [np.flatnonzero(item.targets.annotated) for item in items]
+    counts = np.array([len(p) for p in train_pixels], dtype=np.float64)
+    return _Data(items, input_shape, output_shape, train_pixels, counts / counts.sum(), validation,
+                 "sha256:" + digest.hexdigest(), annotated_pixels, annotations)
+
+
+def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: float, digest: Any,
+                  annotations: list[tuple[np.ndarray, np.ndarray, str]]) -> list[Item]:
+    """Check one sample and cut it into training items: one per annotated plane (2D models) or stack.
+    Feeds the data fingerprint and records the labels and annotated area for the model's snapshot."""
+    config = model.config
+    arrays = read_sample(sample.image, sample.labels, sample.mask, sample.axes, config.axes, config.in_channels)
+    dims = config.network.spatial_dims
+    annotated = annotated_area(arrays.labels, arrays.mask, config.ignore_value, dims)
+    if not annotated.any() or (arrays.mask is None and config.ignore_value is None and not arrays.labels.any()):
+        raise InvalidInputError(
+            "nothing is annotated: the labels are all background and no mask says where that background was "
+            "checked. Paint some objects, or pass a mask of the reviewed region"
+        )
+    if config.task == "semantic":
+        check_classes(arrays.labels, annotated, config.classes)
+    annotations.append((arrays.labels, annotated, arrays.axes))
+    stats = config.normalization.statistics(arrays.image)
+    digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}".encode())
+    items = []
+    for plane in np.ndindex(arrays.labels.shape[: arrays.labels.ndim - dims]):
+        plane_annotated = annotated[plane]
+        if not plane_annotated.any():
+            continue
+        raw = np.asarray(arrays.image[(slice(None), *plane)])
+        labels = arrays.labels[plane]
+        for part in (raw, np.where(plane_annotated, labels, 0), plane_annotated):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        image = config.normalization.apply(raw, stats)
+        if config.task == "instance":
+            targets = instance_targets(labels, plane_annotated, w0, sigma)
+        else:
+            targets = semantic_targets(labels, plane_annotated, len(config.classes))
+        items.append(Item(image, targets, index))
+    return items
+
+
+def _patch_geometry(network: Any, shapes: list[tuple[int, ...]], requested: int | Sequence[int] | None
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Input and output patch shapes: valid sizes for the network, no larger than the items need."""
+    dims = network.spatial_dims
+    border = halo(network, min_input_size(network)) if network.padding == "valid" else 0
+    if requested is None:
+        default_output = (128, 128) if dims == 2 else (16, 64, 64)
+        largest = [max(shape[axis] for shape in shapes) for axis in range(dims)]
+        wanted = [min(d, n) + 2 * border for d, n in zip(default_output, largest)]
+    else:
+        wanted = [int(requested)] * dims if np.isscalar(requested) else [int(n) for n in requested]
+        if len(wanted) != dims:
+            raise InvalidInputError(f"patch_shape {requested!r} needs {dims} sizes for a {dims}D model")
+    input_shape = tuple(nearest_valid_sizes(network, max(n, 1))[1] for n in wanted)
+    return input_shape, tuple(output_size(network, n) for n in input_shape)
+
+
+def _pad(item: Item, input_shape: tuple[int, ...], border: int) -> Item:
+    """Mirror-pad the image (zero-pad the targets) so that any annotated pixel can be in a patch's output and
+    every item is at least one patch large."""
+    widths = []
+    for size, patch in zip(item.targets.classes.shape, input_shape):
+        extra = max(0, patch - (size + 2 * border))
+        widths.append((border + extra // 2, border + extra - extra // 2))
+    if not any(lo or hi for lo, hi in widths):
+        return item
+    t = item.targets
+    t.classes, t.weights, t.annotated = (np.pad(a, widths) for a in (t.classes, t.weights, t.annotated))
+    if t.instances is not None:
+        t.instances = np.pad(t.instances, widths)
+    item.image = np.pad(item.image, [(0, 0), *widths], mode="reflect")
+    return item
+
+
+def _batch(data: _Data, batch_size: int, rng: np.random.Generator, augmentation: Augmentation,
+           device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A batch of patches, each placed so that a random annotated training pixel lies in its output."""
+    patches = []
+    for _ in range(batch_size):
+        index = int(rng.choice(len(data.items), p=data.item_probability))
+        item = data.items[index]
+        pixels = data.train_pixels[index]
+        centre = np.unravel_index(int(pixels[rng.integers(len(pixels))]), item.targets.classes.shape)
+        origin = []
+        for c, size, patch, out in zip(centre, item.targets.classes.shape, data.input_shape, data.output_shape):
+            start = int(c) - (patch - out) // 2 - int(rng.integers(out))
+            origin.append(min(max(start, 0), size - patch))
+        t = item.targets
+        patches.append(extract_patch(item.image, t.classes, t.weights, t.annotated, tuple(origin),
+                                     data.input_shape, data.output_shape, rng, augmentation))
+    stacked = (np.stack([getattr(p, name) for p in patches]) for name in ("image", "classes", "weights", "annotated"))
+    return tuple(torch.from_numpy(a).to(device) for a in stacked)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _record_provenance(tuned: Model, parent: Model, data: _Data, seed: int, steps: int, seconds: float,
+                       reason: str, started_at: _dt.datetime, losses: list[float], best: dict[str, float],
+                       settings: dict[str, Any]) -> None:
+    """One history entry and the provenance of the tuned model (what it came from and what it learned on)."""
+    metrics = {"train_loss": round(float(np.mean(losses[-LOSS_WINDOW:])), 5)} if losses else {}
+    metrics.update({k: round(float(v), 5) for k, v in best.items()})
+    summary = {
+        "date": started_at.isoformat(timespec="seconds"),
+        "parent": parent.name or None,
+        "steps": steps,
+        "time_s": round(seconds, 2),
+        "stopped": reason,
+        "samples": len({item.sample_index for item in data.items}),
+        "annotated_pixels": data.annotated_pixels,
+        "metrics": metrics,
+        "seed": seed,
+        "data_fingerprint": data.fingerprint,
+    }
+    tuned.config.history = [*parent.config.history, summary]
+    tuned.config.provenance = {
+        **summary,
+        "parent_path": str(parent.path) if parent.path else None,
+        "versions": package_versions(),
+        "settings": settings,
+    }
