@@ -1,0 +1,127 @@
+"""``napari-unet finetune``: fine-tune a model on image/label files and save it as a new version.
+
+    napari-unet finetune --model nuclei --image a.tif --labels a_labels.tif [--mask a_mask.tif] \\
+        [--image b.tif --labels b_labels.tif ...] --time 60 [--steps N] [--output NAME]
+
+Images, labels and masks are TIFF (``.tif``/``.tiff``) or NumPy (``.npy``) files, paired in the order given.
+The result is saved into the user's library as the next version of the model (``nuclei-v2``...), or under
+``--output``; the starting model is left as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a model on annotated images and save it as a new version",
+        description="Fine-tune a model on images and their corrected labels. Give --image and --labels once "
+        "per training pair (and --mask for each pair, or for none, to mark the annotated pixels). The tuned "
+        "model is saved as the next version of the model in your library, or under --output.")
+    parser.add_argument("--model", required=True, help="starting model: a bundled or library name, or a folder")
+    parser.add_argument("--image", action="append", required=True, type=Path, help="image file (repeatable)")
+    parser.add_argument("--labels", action="append", required=True, type=Path,
+                        help="labels file for the image at the same position (repeatable)")
+    parser.add_argument("--mask", action="append", type=Path, default=[],
+                        help="annotated-area file (non-zero = annotated) for the pair at the same position")
+    parser.add_argument("--axes", default=None,
+                        help="image axes from T, Z, C, Y, X (e.g. YX, YXC, ZYX); default: guessed from the "
+                        "shapes and the model")
+    parser.add_argument("--time", type=float, default=None, metavar="SECONDS",
+                        help="time budget in seconds (default 60, or none when --steps is given)")
+    parser.add_argument("--steps", type=int, default=None, help="number of training steps")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
+    parser.add_argument("--patch", type=int, nargs="+", default=None, metavar="N",
+                        help="patch size, one number or one per spatial axis (default: chosen for the model)")
+    parser.add_argument("--validation-fraction", type=float, default=0.2,
+                        help="share of the annotated area held out for validation (default 0.2; 0 = none)")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--output", default=None,
+                        help="name (or folder) for the tuned model; default: the next version name")
+    parser.set_defaults(run=run)
+
+
+def read_array(path: Path) -> Any:
+    """An image, labels or mask file as a numpy array (memory-mapped where the format allows)."""
+    from napari_unet.core.errors import InvalidInputError
+
+    if not path.is_file():
+        raise InvalidInputError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    if suffix == ".npy":
+        import numpy as np
+
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use .tif, .tiff or .npy")
+
+
+def guess_axes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], model_axes: str,
+               channels: int) -> str:
+    """Axes for a file pair: the labels' axes are spatial (with a leading Z or T), an extra image axis is C."""
+    from napari_unet.core.errors import InvalidInputError
+
+    label_axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(len(labels_shape))
+    if label_axes is None or len(image_shape) not in (len(labels_shape), len(labels_shape) + 1):
+        raise InvalidInputError(f"cannot guess the axes of an image {image_shape} with labels {labels_shape}; "
+                                "pass --axes")
+    if len(model_axes) == 3 and len(labels_shape) == 4:
+        label_axes = "TZYX"
+    if len(image_shape) == len(labels_shape):
+        return label_axes
+    if image_shape[-1] == channels and image_shape[:-1] == labels_shape:
+        return label_axes + "C"
+    return label_axes[:-2] + "C" + label_axes[-2:]
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.errors import InvalidInputError
+    from napari_unet.core.models import load_model, save_model
+    from napari_unet.core.training import Sample, finetune
+    from napari_unet.core.versions import save_version
+
+    if len(args.image) != len(args.labels):
+        raise InvalidInputError(f"got {len(args.image)} --image and {len(args.labels)} --labels; give one "
+                                "labels file per image")
+    if args.mask and len(args.mask) != len(args.image):
+        raise InvalidInputError(f"got {len(args.mask)} --mask for {len(args.image)} images; give a mask for "
+                                "every pair or for none")
+    configure_cpu_threads(interactive=False)
+    model = load_model(args.model)
+    samples = []
+    for index, (image_path, labels_path) in enumerate(zip(args.image, args.labels)):
+        image, labels = read_array(image_path), read_array(labels_path)
+        mask = read_array(args.mask[index]) != 0 if args.mask else None
+        axes = args.axes or guess_axes(image.shape, labels.shape, model.config.axes, model.config.in_channels)
+        samples.append(Sample(image, labels, mask, axes))
+        print(f"pair {index + 1}: {image_path.name} {tuple(image.shape)} axes {axes}, labels {labels_path.name}")
+    budget = args.time if args.time is not None else (None if args.steps else 60.0)
+    last = [0.0]
+
+    def report(done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or "val" in message:
+            print(message, flush=True)
+            last[0] = now
+
+    patch = None if args.patch is None else (args.patch[0] if len(args.patch) == 1 else args.patch)
+    tuned = finetune(model, samples, time_budget_s=budget, steps=args.steps, device=args.device,
+                     progress=report, seed=args.seed, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                     patch_shape=patch, validation_fraction=args.validation_fraction, augment=not args.no_augment)
+    provenance = tuned.config.provenance
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in provenance.get("metrics", {}).items())
+    print(f"trained {provenance['steps']} steps in {provenance['time_s']:.0f} s (stopped: {provenance['stopped']})"
+          + (f"; {metrics}" if metrics else ""))
+    folder = save_model(tuned, args.output) if args.output else save_version(tuned)
+    print(f"saved {folder.name} at {folder}")
+    return 0
