@@ -17,7 +17,7 @@ from napari_unet.core.unet import UNetConfig
 from napari_unet.core.versions import read_annotations
 from napari_unet.synthetic import generate_nuclei
 
-FAST = dict(time_budget_s=None, batch_size=2, validation_fraction=0.0)
+FAST = {"time_budget_s": None, "batch_size": 2, "validation_fraction": 0.0}
 
 
 @pytest.fixture(autouse=True)
@@ -227,9 +227,15 @@ def test_bad_input_is_refused_with_a_helpful_message(sample, model, message):
 
 @pytest.mark.parametrize(
     "options, message",
-    [(dict(steps=None, time_budget_s=None), "time budget"), (dict(steps=0), "steps"),
-     (dict(steps=1, batch_size=0), "batch_size"), (dict(steps=1, validation_fraction=0.9), "validation"),
-     (dict(steps=1, on_cancel="later"), "on_cancel"), (dict(steps=1, patch_shape=(32, 32, 32)), "patch_shape")],
+    [
+        ({"steps": None, "time_budget_s": None}, "time budget"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1, "batch_size": 0}, "batch_size"),
+        ({"steps": 1, "validation_fraction": 0.9}, "validation"),
+        ({"steps": 1, "validations": 0}, "validations"),
+        ({"steps": 1, "on_cancel": "later"}, "on_cancel"),
+        ({"steps": 1, "patch_shape": (32, 32, 32)}, "patch_shape"),
+    ],
 )
 def test_bad_options_are_refused(options, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -11,6 +11,7 @@ halo of a valid-padding network, or a margin for same padding) and the output is
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,14 +149,12 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
     network.eval()
     loss_total, predicted, truth = 0.0, [], []
     tp = fp = fn = 0
-    for block in validation.blocks:
-        logits = network(torch.from_numpy(block.input[np.newaxis]).to(device))[(slice(None), slice(None),
-                                                                                 *block.crop)]
+    for block, logits in _forward(network, validation.blocks, device):
         tensors = [torch.from_numpy(a[np.newaxis]).to(device) for a in (block.classes, block.weights,
                                                                         block.annotated)]
-        loss = segmentation_loss(logits, *tensors)
+        loss = segmentation_loss(logits[np.newaxis], *tensors)
         loss_total += float(loss) * int(block.annotated.sum())
-        classes = logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+        classes = logits.argmax(0).cpu().numpy().astype(np.uint8)
         predicted.append(classes[block.annotated])
         truth.append(block.classes[block.annotated])
         if block.instances is not None:
@@ -172,3 +171,17 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
     if validation.task == "instance":
         metrics["val_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
     return metrics
+
+
+def _forward(network: torch.nn.Module, blocks: list[Block], device: torch.device,
+             batch: int = 8) -> Iterator[tuple[Block, torch.Tensor]]:
+    """Each block with its cropped logits; blocks of one input shape share forward passes (usually all)."""
+    by_shape: dict[tuple[int, ...], list[Block]] = {}
+    for block in blocks:
+        by_shape.setdefault(block.input.shape, []).append(block)
+    for group in by_shape.values():
+        for start in range(0, len(group), batch):
+            chunk = group[start:start + batch]
+            logits = network(torch.from_numpy(np.stack([b.input for b in chunk])).to(device))
+            for block, out in zip(chunk, logits):
+                yield block, out[(slice(None), *block.crop)]

@@ -137,7 +137,7 @@ def finetune_steps(
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
-    _check_options(time_budget_s, steps, batch_size, learning_rate, validation_fraction, on_cancel)
+    _check_options(time_budget_s, steps, batch_size, learning_rate, validation_fraction, validations, on_cancel)
     augmentation = augment if isinstance(augment, Augmentation) else (Augmentation() if augment else NO_AUGMENTATION)
     rng = np.random.default_rng(seed)
     data = _prepare(model, samples, patch_shape, validation_fraction, w0, sigma, rng)
@@ -163,7 +163,8 @@ def finetune_steps(
             if steps and not time_budget_s:
                 progress(record.step, steps, record.message)
             else:
-                progress(min(int(record.elapsed_s), int(time_budget_s)), int(time_budget_s), record.message)
+                total = math.ceil(time_budget_s)
+                progress(min(int(record.elapsed_s), total), total, record.message)
         return record
 
     best_state: dict[str, torch.Tensor] | None = None
@@ -222,12 +223,11 @@ def finetune_steps(
     if best_state is not None:
         network.load_state_dict(best_state)
     network.to("cpu").eval()
-    _record_provenance(tuned, model, data, seed, step, elapsed(), reason, started_at, losses, best_metrics,
-                       dict(learning_rate=learning_rate, batch_size=batch_size, patch_shape=list(data.input_shape),
-                            validation_fraction=validation_fraction, augment=augmentation != NO_AUGMENTATION,
-                            w0=w0, sigma=sigma, freeze_batchnorm=freeze,
-                            mixed_precision=str(precision).replace("torch.", "") if precision else None,
-                            device=str(target)))
+    settings = {"learning_rate": learning_rate, "batch_size": batch_size, "patch_shape": list(data.input_shape),
+                "validation_fraction": validation_fraction, "augment": augmentation != NO_AUGMENTATION, "w0": w0,
+                "sigma": sigma, "freeze_batchnorm": freeze,
+                "mixed_precision": str(precision).replace("torch.", "") if precision else None, "device": str(target)}
+    _record_provenance(tuned, model, data, seed, step, elapsed(), reason, started_at, losses, best_metrics, settings)
     tuned.attachments["annotations.npz"] = annotation_snapshot(data.annotations)
     return tuned
 
@@ -238,7 +238,7 @@ def finetune_steps(
 
 
 def _check_options(time_budget_s: float | None, steps: int | None, batch_size: int, learning_rate: float,
-                   validation_fraction: float, on_cancel: str) -> None:
+                   validation_fraction: float, validations: int, on_cancel: str) -> None:
     if time_budget_s is None and steps is None:
         raise InvalidInputError("give a time budget (time_budget_s) or a number of steps, or both")
     if time_budget_s is not None and not time_budget_s > 0:
@@ -252,6 +252,9 @@ def _check_options(time_budget_s: float | None, steps: int | None, batch_size: i
     if not 0 <= validation_fraction <= 0.5:
         raise InvalidInputError(f"validation_fraction must be between 0 (no validation) and 0.5, not "
                                 f"{validation_fraction!r}")
+    if not isinstance(validations, (int, np.integer)) or validations < 1:
+        raise InvalidInputError(f"validations (how often a run validates) must be at least 1, not {validations!r}; "
+                                "use validation_fraction=0 for no validation")
     if on_cancel not in ("best", "none"):
         raise InvalidInputError(f"on_cancel must be 'best' (return the best model so far) or 'none' (raise "
                                 f"Cancelled), not {on_cancel!r}")
@@ -344,7 +347,7 @@ def _prepare(model: Model, samples: Sequence[Sample], patch_shape: int | Sequenc
         annotated_pixels += validation.annotated_pixels
     border = halo(config.network, input_shape[0]) if config.network.padding == "valid" else 0
     items = [_pad(item, input_shape, border) for item in items]
-    train_pixels = [np.flatnonzero(item.targets.annotated) for item in items]
+    train_pixels = [_flat_indices(item.targets.annotated) for item in items]
     counts = np.array([len(p) for p in train_pixels], dtype=np.float64)
     return _Data(items, input_shape, output_shape, train_pixels, counts / counts.sum(), validation,
                  "sha256:" + digest.hexdigest(), annotated_pixels, annotations)
@@ -418,6 +421,12 @@ def _pad(item: Item, input_shape: tuple[int, ...], border: int) -> Item:
         t.instances = np.pad(t.instances, widths)
     item.image = np.pad(item.image, [(0, 0), *widths], mode="reflect")
     return item
+
+
+def _flat_indices(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of the True pixels, in 32 bits where they fit (half the memory for many images)."""
+    indices = np.flatnonzero(mask)
+    return indices.astype(np.int32) if mask.size < 2**31 else indices
 
 
 def _batch(data: _Data, batch_size: int, rng: np.random.Generator, augmentation: Augmentation,
