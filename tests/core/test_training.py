@@ -264,3 +264,24 @@ def test_dask_and_zarr_images_train_without_being_converted_by_the_caller():
                          seed=2, **FAST)
     from_numpy = finetune(tiny_model(), [Sample(image, only_two, axes="ZYX")], steps=1, seed=2, **FAST)
     assert state_hash(from_zarr) == state_hash(from_dask) == state_hash(from_numpy)
+
+
+def _running_means(model: Model) -> list[torch.Tensor]:
+    return [m.running_mean.clone() for m in model.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_batchnorm_statistics_are_frozen_for_tiny_batches_once_the_model_has_them():
+    fresh = tiny_model()
+    trained = finetune(fresh, [nuclei()], steps=2, **{**FAST, "batch_size": 4})  # estimates its statistics
+    assert not all(torch.equal(a, b) for a, b in zip(_running_means(fresh), _running_means(trained)))
+    tuned = finetune(trained, [nuclei(seed=1)], steps=2, **FAST)  # batch 2: too small to estimate
+    assert tuned.config.provenance["settings"]["freeze_batchnorm"] is True
+    assert all(torch.equal(a, b) for a, b in zip(_running_means(trained), _running_means(tuned)))
+    assert state_hash(tuned) != state_hash(trained)  # the weights still learn
+
+
+def test_no_validation_when_too_little_is_annotated():
+    records, tuned = run_steps(finetune_steps(tiny_model(), [nuclei((40, 40))], steps=3, time_budget_s=None,
+                                              batch_size=2))
+    assert [r.step for r in records] == [1, 2, 3] and all(r.val_loss is None for r in records)
+    assert "val_loss" not in tuned.config.provenance["metrics"]

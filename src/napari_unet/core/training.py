@@ -132,8 +132,10 @@ def finetune_steps(
     the time budget). When ``cancel`` is set the run stops before its next step: ``on_cancel="best"``
     returns the best model so far (the validated best, else the latest weights), ``"none"`` raises
     :class:`Cancelled`. ``freeze_batchnorm`` (default: when ``batch_size`` < 4 and the network has
-    statistics from earlier training) keeps batch-norm statistics as they are; ``mixed_precision`` (default: on CUDA, and on CPUs with native bf16) trains in reduced
-    precision. ``w0`` and ``sigma`` are the weight map's separation term (instance models).
+    statistics from earlier training) keeps batch-norm statistics as they are; ``mixed_precision``
+    (default: on CUDA, and on CPUs with native bf16) trains in reduced precision. ``w0`` and ``sigma`` are
+    the weight map's separation term (instance models); ``validations`` how many times a run validates;
+    ``patience`` how many validations without improvement end it early (after 30 % of the run).
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
@@ -188,24 +190,13 @@ def finetune_steps(
         lr = learning_rate * _schedule(done, warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, classes, weights, annotated = _batch(data, batch_size, rng, augmentation, target)
-        network.train()
-        if freeze:
-            for module in network.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        with torch.autocast(target.type, dtype=precision or torch.float32, enabled=precision is not None):
-            logits = network(images)
-        loss = segmentation_loss(logits, classes, weights, annotated)
-        if not torch.isfinite(loss):
-            raise InvalidInputError(f"training diverged at step {step + 1} (loss {loss.item()}); lower the "
-                                    f"learning rate (now {learning_rate:g})")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        batch = _batch(data, batch_size, rng, augmentation, target)
+        loss = _train_step(network, optimizer, scaler, batch, freeze, precision)
+        if not math.isfinite(loss):
+            raise InvalidInputError(f"training diverged at step {step + 1} (loss {loss}); lower the learning "
+                                    f"rate (now {learning_rate:g})")
         step += 1
-        losses.append(float(loss.item()))
+        losses.append(loss)
         metrics, is_best = {}, False
         done = fraction_done(step)
         if data.validation is not None and (done >= next_check or done >= 1.0):
@@ -287,6 +278,28 @@ def _cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                batch: tuple[torch.Tensor, ...], freeze: bool, precision: torch.dtype | None) -> float:
+    """One optimisation step on a batch; returns the loss (not finite: nothing was updated)."""
+    images, classes, weights, annotated = batch
+    network.train()
+    if freeze:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    device = images.device.type
+    with torch.autocast(device, dtype=precision or torch.float32, enabled=precision is not None):
+        logits = network(images)
+    loss = segmentation_loss(logits, classes, weights, annotated)
+    if not torch.isfinite(loss):
+        return float(loss.item())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.item())
 
 
 def _freeze_batchnorm(network: torch.nn.Module, batch_size: int) -> bool:
