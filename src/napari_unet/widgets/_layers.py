@@ -1,0 +1,161 @@
+"""Layers as the widgets see them: pickers kept in sync, axes inferred from a layer, the plugin's output layers.
+
+The plugin must never overwrite a Labels layer the user has worked on, so every output layer carries a small
+record in ``layer.metadata`` (which image it came from, which model, whether it is partial), and the layers
+this session made are watched: napari's ``paint`` and ``data`` events mark them edited. A later run may
+reuse an output layer only while it is unedited.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from qtpy.QtWidgets import QComboBox, QWidget
+
+META_KEY = "napari_unet"
+_EDITED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_LABEL_ALIASES = {"t": "T", "time": "T", "z": "Z", "depth": "Z", "c": "C", "channel": "C", "channels": "C",
+                  "y": "Y", "x": "X"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Axes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def infer_axes(layer: Any, spatial_dims: int = 2, in_channels: int = 1) -> str:
+    """The axes letters (T, Z, C, Y, X) of an Image layer's data, for a model of the given kind.
+
+    The layer's own axis labels win when they are axis names (the reader sets them from a file's metadata);
+    otherwise :func:`napari_unet.core.axes.infer_axes` reads the shape, told whether the layer is RGB.
+    """
+    from napari_unet.core.axes import infer_axes as infer_from_shape
+
+    shape = tuple(layer.data[0].shape if getattr(layer, "multiscale", False) else layer.data.shape)
+    rgb = bool(getattr(layer, "rgb", False))
+    letters = [_LABEL_ALIASES.get(str(label).lower()) for label in getattr(layer, "axis_labels", ())]
+    if len(letters) == len(shape) - rgb and all(letters) and len(set(letters)) == len(letters):
+        return "".join(letters) + ("C" if rgb else "")
+    return infer_from_shape(shape, spatial_dims=spatial_dims, in_channels=in_channels, rgb=rgb)
+
+
+def geometry_kwargs(layer: Any, axes: str | None = None) -> dict[str, Any]:
+    """scale, translate, axis labels and units of ``layer`` for a new layer over the same space.
+
+    With ``axes`` (the layer's data axes), the channel axis is left out: labels have no channels.
+    """
+    rgb = bool(getattr(layer, "rgb", False))
+    ndim = len(layer.scale)
+    keep = [i for i, letter in enumerate(axes[: len(axes) - rgb]) if letter != "C"] if axes else range(ndim)
+    kwargs: dict[str, Any] = {
+        "scale": tuple(layer.scale[i] for i in keep),
+        "translate": tuple(layer.translate[i] for i in keep),
+        "axis_labels": tuple(layer.axis_labels[i] for i in keep),
+    }
+    units = getattr(layer, "units", None)
+    if units is not None:
+        kwargs["units"] = tuple(units[i] for i in keep)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Output layers and their edit flag
+# --------------------------------------------------------------------------------------------------------------
+
+
+def output_record(layer: Any) -> dict[str, Any] | None:
+    """The plugin's record of an output layer (source image, model, partial), or None for other layers."""
+    record = layer.metadata.get(META_KEY) if hasattr(layer, "metadata") else None
+    return record if isinstance(record, dict) else None
+
+
+def mark_output(layer: Any, source: str, model: str) -> None:
+    """Record ``layer`` as the plugin's output for image ``source`` and watch it for edits."""
+    layer.metadata[META_KEY] = {"source": source, "model": model, "partial": False}
+    _EDITED[layer] = False
+
+    def edited(event: Any = None) -> None:
+        _EDITED[layer] = True
+
+    layer.events.paint.connect(edited)
+    layer.events.data.connect(edited)
+
+
+def is_edited(layer: Any) -> bool:
+    """True unless ``layer`` is an output of this session that nobody has painted on or replaced.
+
+    The flag lives here rather than in the layer's metadata, because napari copies metadata when a layer is
+    duplicated and a copy must never pass for an untouched output.
+    """
+    return _EDITED.get(layer, True)
+
+
+def reusable_output(layers: Sequence[Any], source: str, shape: tuple[int, ...]) -> Any | None:
+    """The plugin's unedited Labels output for image ``source`` with ``shape``, if there is one."""
+    for layer in reversed(list(layers)):
+        record = output_record(layer)
+        if (record and record.get("source") == source and not is_edited(layer)
+                and tuple(layer.data.shape) == tuple(shape)):
+            return layer
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layer pickers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LayerPicker(QComboBox):
+    """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed."""
+
+    def __init__(self, viewer: Any, kinds: tuple[type, ...], none_text: str | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._kinds = kinds
+        self._none_text = none_text
+        self._layers: list[Any] = []
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(6)
+        events = viewer.layers.events
+        for emitter in (events.inserted, events.removed, events.moved, events.reordered):
+            emitter.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    @property
+    def layer(self) -> Any | None:
+        """The chosen layer, or None."""
+        index = self.currentIndex() - (self._none_text is not None)
+        return self._layers[index] if 0 <= index < len(self._layers) else None
+
+    def set_layer(self, layer: Any | None) -> None:
+        """Choose ``layer`` (or the "none" entry) if it is offered."""
+        if layer is None and self._none_text is not None:
+            self.setCurrentIndex(0)
+        elif layer in self._layers:
+            self.setCurrentIndex(self._layers.index(layer) + (self._none_text is not None))
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        """Rebuild the entries, keeping the chosen layer when it is still there."""
+        current = self.layer
+        self._layers = [layer for layer in reversed(self._viewer.layers) if isinstance(layer, self._kinds)]
+        self.blockSignals(True)
+        self.clear()
+        if self._none_text is not None:
+            self.addItem(self._none_text)
+        self.addItems([layer.name for layer in self._layers])
+        self.blockSignals(False)
+        if current in self._layers:
+            self.set_layer(current)
+        elif self._layers and self._none_text is None:
+            self.setCurrentIndex(0)
+        if self.layer is not current:
+            self.currentIndexChanged.emit(self.currentIndex())

@@ -1,0 +1,153 @@
+"""Model and device pickers shared by the Segment and Fine-tune widgets.
+
+The model list is read from the models' ``config.json`` files only (:func:`napari_unet.core.library.list_models`
+needs no torch), and re-read each time the list opens, so a model saved by a fine-tune run, by a script or by
+the command line shows up without restarting napari.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFileDialog, QWidget
+
+BROWSE = "Browse..."
+
+
+def model_tooltip(folder: Path) -> str:
+    """The model card as a tooltip: description, task, axes, parent and the card's entries."""
+    from napari_unet.core.library import read_config_json
+
+    try:
+        config = read_config_json(folder / "config.json")
+    except ValueError as exc:
+        return str(exc)
+    classes = ", ".join(config.get("classes") or [])
+    lines = [str(config.get("description") or folder.name),
+             f"task: {config.get('task')}, axes: {config.get('axes')}, classes: {classes}"]
+    parent = (config.get("provenance") or {}).get("parent")
+    if parent:
+        lines.append(f"fine-tuned from: {parent}")
+    lines += [f"{key}: {value}" for key, value in (config.get("card") or {}).items()]
+    lines.append(str(folder))
+    return "\n".join(lines)
+
+
+def model_kind(folder: Path | None) -> tuple[int, int]:
+    """(spatial dims, input channels) of a model, read from its config without torch; (2, 1) if unknown."""
+    from napari_unet.core.library import read_config_json
+
+    if folder is None:
+        return 2, 1
+    try:
+        network = read_config_json(folder / "config.json").get("network") or {}
+    except ValueError:
+        return 2, 1
+    return int(network.get("spatial_dims", 2)), int(network.get("in_channels", 1))
+
+
+class ModelPicker(QComboBox):
+    """Bundled and library models by name, folders chosen with "Browse...", each with its model card."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._extra: list[Path] = []  # folders the user browsed to, kept for the session
+        self._last_index = -1
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(8)
+        self.activated.connect(self._on_activated)
+        self.currentIndexChanged.connect(self._update_tooltip)
+        self.refresh()
+
+    @property
+    def model_path(self) -> Path | None:
+        """The chosen model's folder, or None when there is no model at all."""
+        data = self.currentData(Qt.ItemDataRole.UserRole)
+        return Path(data) if data else None
+
+    @property
+    def model_name(self) -> str:
+        path = self.model_path
+        return path.name if path else ""
+
+    def refresh(self) -> None:
+        """Re-read the library, keeping the current choice."""
+        from napari_unet.core.library import list_models
+
+        current = self.model_path
+        self.blockSignals(True)
+        self.clear()
+        for info in list_models():
+            label = info.name if info.source != "bundled" else f"{info.name} (bundled)"
+            self.addItem(label, str(info.path))
+            self.setItemData(self.count() - 1, model_tooltip(info.path), Qt.ItemDataRole.ToolTipRole)
+        for folder in self._extra:
+            if self.findData(str(folder)) < 0:
+                self.addItem(f"{folder.name} ({folder.parent})", str(folder))
+                self.setItemData(self.count() - 1, model_tooltip(folder), Qt.ItemDataRole.ToolTipRole)
+        self.addItem(BROWSE, None)
+        self.blockSignals(False)
+        if current is not None and self.findData(str(current)) >= 0:
+            self.setCurrentIndex(self.findData(str(current)))
+        else:
+            self.setCurrentIndex(0 if self.count() > 1 else -1)
+        self._last_index = self.currentIndex()
+        self._update_tooltip()
+
+    def select(self, name_or_path: str | Path) -> bool:
+        """Choose a model by library/bundled name or by folder; returns False if there is no such model."""
+        self.refresh()
+        path = Path(name_or_path)
+        if path.is_dir():
+            if self.findData(str(path)) < 0:
+                self._extra.append(path)
+                self.refresh()
+            self.setCurrentIndex(self.findData(str(path)))
+            self._last_index = self.currentIndex()
+            return True
+        for index in range(self.count()):
+            data = self.itemData(index, Qt.ItemDataRole.UserRole)
+            if data and Path(data).name == str(name_or_path):
+                self.setCurrentIndex(index)
+                self._last_index = index
+                return True
+        return False
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self.refresh()
+        super().showPopup()
+
+    def _on_activated(self, index: int) -> None:
+        if self.itemText(index) != BROWSE:
+            self._last_index = index
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model folder (with config.json)")
+        if folder and (Path(folder) / "config.json").is_file():
+            self.select(folder)
+            return
+        if folder:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{folder} holds no config.json, so it is not a napari-unet model folder. Choose the "
+                         "folder that contains config.json and weights.safetensors.")
+        self.setCurrentIndex(self._last_index)
+
+    def _update_tooltip(self, *args: Any) -> None:
+        tip = self.itemData(self.currentIndex(), Qt.ItemDataRole.ToolTipRole) if self.currentIndex() >= 0 else None
+        self.setToolTip(tip or "No model yet: browse to a model folder, or fine-tune one.")
+
+
+class DevicePicker(QComboBox):
+    """"auto" first, then what PyTorch really sees here (CUDA devices, MPS) and the CPU."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from napari_unet.core.devices import available_devices  # imports torch: only once a widget opens
+
+        self.addItems(available_devices())
+        self.setToolTip("Where to compute. 'auto' picks a CUDA GPU, then Apple MPS, then the CPU.")
+
+    @property
+    def device(self) -> str:
+        return self.currentText() or "auto"

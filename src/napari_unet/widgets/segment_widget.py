@@ -1,0 +1,464 @@
+"""The Segment dock widget: pick an image and a model, press Segment, watch the labels grow tile by tile.
+
+The widget gathers values and plans the run on the main thread (which image, which axes, which part of the
+stack, which output layer), then runs :func:`napari_unet.core.inference.segment_steps` in a napari generator
+worker. Everything the worker yields comes back to the main thread, where finished tiles are copied into the
+output Labels layer and redrawn piecewise (:mod:`._live`). The worker never touches a widget or a layer.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_unet.widgets._layers import (
+    LayerPicker,
+    geometry_kwargs,
+    infer_axes,
+    mark_output,
+    output_record,
+    reusable_output,
+)
+from napari_unet.widgets._live import LiveLabels
+from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
+from napari_unet.widgets._progress import RunProgress, format_seconds
+from napari_unet.widgets._registry import register_segment_widget
+from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
+from napari_unet.widgets._workers import Outcome, explain, start_worker
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class _Run:
+    """One Segment run, seen from the main thread."""
+
+    source: Any  # the Image layer
+    output: Any  # the Labels layer being filled
+    created: bool  # the run made the output layer (rather than reusing the plugin's previous one)
+    scope: Scope
+    model_name: str
+    cancel: Any  # CancelToken
+    progress: RunProgress
+    live: LiveLabels
+    probabilities: bool
+    worker: Any = None
+    written: bool = False
+    stop_reason: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer with a U-Net; the result is a Labels layer named after the image."""
+
+    run_finished = Signal(str)  # "done", "cancelled" or "failed", once the result is on screen
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._run: _Run | None = None
+        self._axes_auto = True
+
+        self.image_picker = LayerPicker(napari_viewer, (Image,))
+        self.image_picker.setToolTip("The image to segment.")
+        self.model_picker = ModelPicker()
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setToolTip("One letter per dimension of the image: T time, Z depth, C channel, Y, X. "
+                                  "Inferred from the layer; type to override, clear to infer again.")
+        self.axes_note = QLabel()
+        self.axes_note.setWordWrap(True)
+        self.scope_picker = QComboBox()
+        for key, title in SCOPE_TITLES.items():
+            self.scope_picker.addItem(title, key)
+        self.scope_picker.setToolTip("Segment the whole stack, only the slice or time point shown, or only "
+                                     "the part of the image in view (fast feedback on big images).")
+        self.device_picker = DevicePicker()
+
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip("Edge of the tiles the network sees; 'auto' fits the device's memory.")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(0, 256)
+        self.batch_spin.setSpecialValueText("auto")
+        self.batch_spin.setToolTip("Tiles per forward pass; 'auto' fits the device's memory.")
+        self.tta_check = QCheckBox("Test-time augmentation")
+        self.tta_check.setToolTip("Average the predictions of flipped and rotated copies: smoother, ~8x slower.")
+        self.precision_picker = QComboBox()
+        self.precision_picker.addItems(PRECISIONS)
+        self.precision_picker.setToolTip("Arithmetic precision; 'auto' uses reduced precision where it is safe.")
+        self.probabilities_check = QCheckBox("Add probability layers")
+        self.probabilities_check.setToolTip("Also show the per-class probabilities as image layers.")
+
+        advanced = QCollapsible("Advanced")
+        advanced_form = QWidget()
+        form = QFormLayout(advanced_form)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Precision", self.precision_picker)
+        form.addRow(self.tta_check)
+        form.addRow(self.probabilities_check)
+        advanced.addWidget(advanced_form)
+        self.advanced = advanced
+
+        self.run_button = QPushButton("Segment")
+        self.run_button.clicked.connect(self._on_button)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("")
+        self.status = QLabel("Choose an image and a model, then press Segment.")
+        self.status.setWordWrap(True)
+
+        main = QFormLayout()
+        main.addRow("Image", self.image_picker)
+        main.addRow("Model", self.model_picker)
+        main.addRow("Axes", self.axes_edit)
+        main.addRow("", self.axes_note)
+        main.addRow("Scope", self.scope_picker)
+        main.addRow("Device", self.device_picker)
+        layout = QVBoxLayout(self)
+        layout.addLayout(main)
+        layout.addWidget(advanced)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.image_picker.currentIndexChanged.connect(self._on_image_changed)
+        self.model_picker.currentIndexChanged.connect(self._update_axes)
+        self.axes_edit.textEdited.connect(self._on_axes_edited)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        register_segment_widget(napari_viewer, self)
+        self._update_axes()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Public
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    def select_model(self, name_or_path: str | Path) -> bool:
+        """Choose a model by name or folder (the Fine-tune widget calls this with a new version)."""
+        return self.model_picker.select(name_or_path)
+
+    def segment(self) -> None:
+        """Start a run with the current settings (what the Segment button does)."""
+        if self._run is None:
+            self._start()
+
+    def cancel(self, reason: str = "") -> None:
+        """Ask the running segmentation to stop at its next tile batch."""
+        run = self._run
+        if run is None or run.cancel.cancelled:
+            return
+        run.stop_reason = run.stop_reason or reason
+        run.cancel.cancel()
+        self.run_button.setText("Cancelling...")
+        self.run_button.setEnabled(False)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Axes
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _model_kind(self) -> tuple[int, int]:
+        return model_kind(self.model_picker.model_path)
+
+    def _on_image_changed(self, *args: Any) -> None:
+        self._axes_auto = True
+        self._update_axes()
+
+    def _on_axes_edited(self, text: str) -> None:
+        self._axes_auto = not text.strip()
+        self._update_axes()
+
+    def _update_axes(self, *args: Any) -> None:
+        layer = self.image_picker.layer
+        if layer is None:
+            self.axes_edit.clear()
+            self.axes_note.setText("")
+            return
+        dims, channels = self._model_kind()
+        try:
+            inferred = infer_axes(layer, dims, channels)
+        except ValueError as exc:
+            inferred = ""
+            self.axes_note.setText(str(exc))
+        if self._axes_auto:
+            self.axes_edit.setText(inferred)
+        try:
+            axes = self._checked_axes(layer)
+        except ValueError as exc:
+            self.axes_note.setText(f"<span style='color:#e06c4c'>{exc}</span>")
+            return
+        how = "from the layer" if self._axes_auto else "set by you; clear to infer"
+        planes = "".join(a for a in axes if a in ("TZ" if dims == 2 else "T"))
+        detail = f", {dims}D model runs per {'/'.join(planes)} plane" if planes else ""
+        self.axes_note.setText(f"{axes} ({how}{detail})")
+
+    def _checked_axes(self, layer: Any) -> str:
+        from napari_unet.core.axes import resolve_axes
+
+        dims, channels = self._model_kind()
+        shape = _data(layer).shape
+        return resolve_axes(self.axes_edit.text() or None, shape, spatial_dims=dims, in_channels=channels,
+                            rgb=bool(layer.rgb))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Starting a run
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _on_button(self) -> None:
+        if self._run is None:
+            self._start()
+        else:
+            self.cancel("cancelled")
+
+    def _start(self) -> None:
+        from napari_unet.core.cancel import CancelToken
+
+        layer = self.image_picker.layer
+        model_path = self.model_picker.model_path
+        if layer is None:
+            return self._refuse("Open or select an image layer first.")
+        if model_path is None:
+            return self._refuse("There is no model yet: choose 'Browse...' to pick a model folder.")
+        try:
+            axes = self._checked_axes(layer)
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        dims, _ = self._model_kind()
+        data = _data(layer)
+        scope = plan_scope(data.shape, axes, self.scope_picker.currentData(), self._position(layer, axes), dims,
+                           self._view_bounds(layer, axes))
+        crop = data[scope.image_index]
+        output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name)
+        token = CancelToken()
+        progress = RunProgress(f"Segmenting {layer.name}", cancel_callback=lambda: self.cancel("cancelled"))
+        run = _Run(layer, output, created, scope, model_path.name, token, progress, LiveLabels(output, self),
+                   self.probabilities_check.isChecked())
+        self._run = run
+        options = {
+            "axes": scope.axes,
+            "device": self.device_picker.device,
+            "tile_shape": (self.tile_spin.value(),) * dims if self.tile_spin.value() else None,
+            "batch_size": self.batch_spin.value() or None,
+            "tta": self.tta_check.isChecked(),
+            "precision": self.precision_picker.currentText(),
+            "probabilities": run.probabilities,
+        }
+        run.worker = start_worker(lambda: _segment_steps(crop, model_path, token, options),
+                                  lambda event: self._on_event(run, event))
+        self.run_button.setText("Cancel")
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setFormat("loading the model...")
+        self.status.setText(f"Segmenting {layer.name} ({scope.description}) with {model_path.name}...")
+
+    def _refuse(self, message: str) -> None:
+        self.status.setText(message)
+        show_warning(message)
+
+    def _position(self, layer: Any, axes: str) -> list[float]:
+        """The viewer's position in the layer's data coordinates, one value per axis of ``axes``."""
+        point = list(np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float))
+        return point + [0.0] * (len(axes) - len(point))  # an RGB layer's colour axis has no position
+
+    def _view_bounds(self, layer: Any, axes: str) -> dict[str, tuple[float, float]] | None:
+        """The Y and X extent of the canvas in the layer's data coordinates (2D view only)."""
+        dims = self.viewer.dims
+        if dims.ndisplay != 2:
+            return None
+        offset = dims.ndim - layer.ndim  # the layer's axes are the viewer's last ones
+        shown = [axis - offset for axis in dims.displayed]
+        if [axes[i] if 0 <= i < len(axes) else "" for i in shown] != ["Y", "X"]:
+            return None
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari 0.9
+        canvas = getattr(self.viewer, "canvas", None)
+        height, width = canvas.size if canvas is not None else self.viewer._canvas_size
+        zoom = camera.zoom
+        center = camera.center[-2:]
+        corners = []
+        for dy, dx in ((-1, -1), (1, 1)):
+            point = list(dims.point)
+            point[dims.displayed[0]] = center[0] + dy * height / (2 * zoom)
+            point[dims.displayed[1]] = center[1] + dx * width / (2 * zoom)
+            corners.append(layer.world_to_data(point))
+        (y0, x0), (y1, x1) = ([c[shown[0]], c[shown[1]]] for c in corners)
+        return {"Y": (min(y0, y1), max(y0, y1)), "X": (min(x0, x1), max(x0, x1))}
+
+    def _output_layer(self, source: Any, axes: str, shape: tuple[int, ...], scope: Scope,
+                      model_name: str) -> tuple[Any, bool]:
+        """The plugin's unedited previous output for this image, or a new Labels layer."""
+        out_shape = tuple(n for n, a in zip(shape, axes) if a != "C")
+        layer = reusable_output(self.viewer.layers, source.name, out_shape)
+        if layer is not None:
+            layer.data[scope.output_index] = 0
+            layer.metadata["napari_unet"].update(model=model_name, partial=False)
+            layer.name = f"{source.name} labels"
+            layer.refresh()
+            return layer, False
+        layer = self.viewer.add_labels(np.zeros(out_shape, dtype=np.int32), name=f"{source.name} labels",
+                                       **geometry_kwargs(source, axes))
+        mark_output(layer, source.name, model_name)
+        return layer, True
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Events from the worker (main thread)
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _on_event(self, run: _Run, event: Any) -> None:
+        if isinstance(event, Outcome):
+            self._finish(run, event)
+            return
+        run.progress.update_to(event.done, event.total)
+        left = run.progress.time_left()
+        self.progress_bar.setRange(0, max(int(event.total), 1))
+        self.progress_bar.setValue(int(event.done))
+        self.progress_bar.setFormat(f"%v / %m tiles{f', {format_seconds(left)} left' if left else ''}")
+        if event.message:
+            self.status.setText(event.message)
+        if run.output in self.viewer.layers and event.preview is not None:
+            for region in event.regions:
+                run.live.write(run.scope.to_output(region), event.preview[region])
+                run.written = True
+
+    def _on_layer_removed(self, event: Any) -> None:
+        run = self._run
+        if run is None:
+            return
+        if event.value is run.source:
+            self.cancel(f"the image layer '{run.source.name}' was removed")
+        elif event.value is run.output:
+            self.cancel(f"the output layer '{run.output.name}' was removed")
+
+    def _finish(self, run: _Run, outcome: Outcome) -> None:
+        output_alive = run.output in self.viewer.layers
+        if outcome.status == "done" and output_alive and not run.stop_reason:
+            result = outcome.value
+            run.live.write(run.scope.output_index, np.asarray(result.labels))
+            run.output.metadata["napari_unet"]["partial"] = False
+            if run.probabilities and getattr(result, "probabilities", None) is not None:
+                self._show_probabilities(run, result)
+            seconds = time.perf_counter() - run.started
+            found = f": {result.objects} objects" if getattr(result, "objects", None) is not None else ""
+            notes = "".join(f" Note: {note}." for note in getattr(result, "messages", []))
+            message = (f"Segmented {run.source.name} ({run.scope.description}) in {format_seconds(seconds)}"
+                       f"{found}.{notes}")
+            run.live.when_idle(lambda: self._end(run, "done", message))
+            return
+        run.live.stop()
+        if outcome.status == "failed":
+            print(outcome.details, file=sys.stderr)
+            message = explain(outcome.error, "Segmentation")
+            show_error(message)
+        else:
+            message = f"Segmentation stopped: {run.stop_reason or 'cancelled'}."
+            (show_info if run.stop_reason in ("", "cancelled") else show_warning)(message)
+        if output_alive:
+            self._keep_partial(run)
+        self._end(run, outcome.status if outcome.status == "failed" else "cancelled", message)
+
+    def _keep_partial(self, run: _Run) -> None:
+        """After a stop: keep what was computed, clearly marked partial, or remove an empty new layer."""
+        if run.created and not run.written:
+            self.viewer.layers.remove(run.output)
+            return
+        record = output_record(run.output)
+        if record is not None:
+            record["partial"] = True
+        if not run.output.name.endswith("(partial)"):
+            run.output.name = f"{run.output.name} (partial)"
+        run.output.refresh()
+
+    def _show_probabilities(self, run: _Run, result: Any) -> None:
+        """One image layer per foreground class, replacing this image's previous probability layers."""
+        from napari_unet.core.library import read_config_json
+
+        probabilities = np.asarray(result.probabilities)
+        path = self.model_picker.model_path
+        classes = read_config_json(path / "config.json").get("classes", []) if path else []
+        kwargs = geometry_kwargs(run.output)
+        for index in range(1, probabilities.shape[0]):
+            name = f"{run.source.name} P({classes[index] if index < len(classes) else index})"
+            full = np.zeros(run.output.data.shape, np.float32)
+            full[run.scope.output_index] = probabilities[index].reshape(full[run.scope.output_index].shape)
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_image(full, name=name, colormap="magma", contrast_limits=(0, 1), blending="additive",
+                                  visible=False, **kwargs)
+
+    def _end(self, run: _Run, status: str, message: str) -> None:
+        run.progress.close()
+        if run.output in self.viewer.layers:
+            run.output.refresh(data_displayed=False, highlight=False, extent=False)  # the layer list thumbnail
+        if self._run is run:
+            self._run = None
+        self.run_button.setText("Segment")
+        self.run_button.setEnabled(True)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if status == "done" else 0)
+        self.progress_bar.setFormat("done" if status == "done" else status)
+        self.status.setText(message)
+        self.run_finished.emit(status)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Worker side
+# --------------------------------------------------------------------------------------------------------------
+
+_MODEL_CACHE: dict[str, tuple[int, Any]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load_cached(path: Path) -> Any:
+    """Load a model, reusing the last one while its weights file is unchanged (runs in the worker)."""
+    from napari_unet.core.models import load_model
+
+    stamp = (path / "weights.safetensors").stat().st_mtime_ns
+    with _CACHE_LOCK:
+        cached = _MODEL_CACHE.get(str(path))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        model = load_model(path)
+        _MODEL_CACHE.clear()  # one model at a time: a U-Net can be large
+        _MODEL_CACHE[str(path)] = (stamp, model)
+        return model
+
+
+def _segment_steps(image: Any, model_path: Path, cancel: Any, options: dict[str, Any]) -> Any:
+    """The worker body: load the model and run the tiled segmentation, yielding its progress events."""
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.inference import segment_steps
+
+    configure_cpu_threads(interactive=True)
+    model = _load_cached(model_path)
+    return (yield from segment_steps(image, model, cancel=cancel, **options))
+
+
+def _data(layer: Any) -> Any:
+    """A layer's full-resolution data."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

@@ -1,0 +1,60 @@
+"""Fixtures for the widget tests: tiny models saved in the test's own library, a viewer with docked widgets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.core.models import Model, ModelConfig, save_model
+from napari_unet.core.unet import UNetConfig
+from napari_unet.synthetic import generate_nuclei
+
+
+def save_tiny_model(name: str = "tiny", spatial_dims: int = 2, in_channels: int = 1) -> Model:
+    """A small untrained U-Net in the library: fast enough for a GUI test, any output is arbitrary."""
+    network = UNetConfig(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=3, depth=2,
+                         base_features=4, padding="same")
+    model = Model.from_config(ModelConfig(network, axes="YX" if spatial_dims == 2 else "ZYX"), seed=0)
+    save_model(model, name)
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> Model:
+    return save_tiny_model()
+
+
+@pytest.fixture
+def make_tiny_model():
+    """Save more tiny models: ``make_tiny_model(name, spatial_dims=2, in_channels=1)``."""
+    return save_tiny_model
+
+
+@pytest.fixture
+def nuclei() -> tuple[np.ndarray, np.ndarray]:
+    return generate_nuclei((96, 96), seed=1)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def segment_widget(viewer, tiny_model):
+    from napari_unet.widgets.segment_widget import SegmentWidget
+
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    return widget
+
+
+@pytest.fixture
+def run_segment(qtbot):
+    """``run_segment(widget)``: click Segment, wait for the run to end and return its status."""
+
+    def run(widget, timeout: int = 30_000) -> str:
+        with qtbot.waitSignal(widget.run_finished, timeout=timeout) as blocker:
+            widget.run_button.click()
+        return blocker.args[0]
+
+    return run

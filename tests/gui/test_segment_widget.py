@@ -1,0 +1,265 @@
+"""The Segment widget, driven through its real buttons in a napari viewer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+from qtpy.QtCore import Qt
+
+import napari_unet.core.inference as inference
+from napari_unet.core.inference import segment
+from napari_unet.core.models import load_model
+from napari_unet.widgets import segment_widget as segment_module
+from napari_unet.widgets._layers import is_edited, output_record
+
+
+@pytest.fixture
+def notes(monkeypatch) -> list[tuple[str, str]]:
+    """The notifications the widget shows, as (severity, text)."""
+    shown: list[tuple[str, str]] = []
+    for severity in ("info", "warning", "error"):
+        monkeypatch.setattr(segment_module, f"show_{severity}",
+                            lambda text, severity=severity: shown.append((severity, text)))
+    return shown
+
+
+@pytest.fixture
+def slow_core(monkeypatch):
+    """The real core, paced so a test can act between tile batches; counts batches run after a cancel."""
+    stats = {"after_cancel": 0, "events": 0}
+    real = inference.segment_steps
+
+    def paced(image, model, *args, cancel=None, **kwargs):
+        steps = real(image, model, *args, cancel=cancel, **kwargs)
+        try:
+            while True:
+                event = next(steps)
+                stats["events"] += 1
+                stats["total"] = event.total
+                stats["after_cancel"] += bool(cancel is not None and cancel.cancelled)
+                yield event
+                __import__("time").sleep(0.05)
+        except StopIteration as stop:
+            return stop.value
+
+    monkeypatch.setattr(inference, "segment_steps", paced)
+    return stats
+
+
+def test_labels_layer_matches_core_segment(qtbot, viewer, segment_widget, nuclei, run_segment):
+    image, _ = nuclei
+    viewer.add_image(image, name="cells", scale=(0.5, 0.5), translate=(3, 4), axis_labels=("y", "x"))
+    assert segment_widget.axes_edit.text() == "YX"
+    assert run_segment(segment_widget) == "done"
+
+    output = viewer.layers["cells labels"]
+    assert isinstance(output, Labels) and output.data.shape == image.shape
+    assert tuple(output.scale) == (0.5, 0.5) and tuple(output.translate) == (3, 4)
+    assert output.axis_labels == ("y", "x")
+    expected = segment(image, load_model("tiny"), axes="YX", probabilities=False).labels
+    np.testing.assert_array_equal(output.data, expected)
+    assert output_record(output)["source"] == "cells" and not output_record(output)["partial"]
+    assert segment_widget.run_button.text() == "Segment" and "Segmented cells" in segment_widget.status.text()
+
+
+def test_second_run_replaces_own_output_but_never_an_edited_one(viewer, segment_widget, nuclei, run_segment):
+    image, _ = nuclei
+    viewer.add_image(image, name="cells")
+    run_segment(segment_widget)
+    first = viewer.layers["cells labels"]
+    run_segment(segment_widget)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"], "unedited output was reused"
+    assert viewer.layers["cells labels"] is first
+
+    first.paint((10, 10), 77)  # napari's paint tool: a user correction
+    assert is_edited(first)
+    corrected = first.data.copy()
+    run_segment(segment_widget)
+    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 2, "a new layer was made"
+    np.testing.assert_array_equal(first.data, corrected)
+
+
+def test_duplicated_output_is_not_reused(qtbot, viewer, segment_widget, nuclei, run_segment):
+    image, _ = nuclei
+    viewer.add_image(image, name="cells")
+    run_segment(segment_widget)
+    original = viewer.layers["cells labels"]
+    copy = Labels(original.data.copy(), name="cells labels copy", metadata=dict(original.metadata))
+    viewer.add_layer(copy)
+    copy.data[:5] = 5
+    run_segment(segment_widget)
+    assert (copy.data[:5] == 5).all(), "a copy carries the metadata but is not the plugin's to overwrite"
+
+
+def test_cancel_stops_within_a_batch_and_marks_the_layer_partial(qtbot, viewer, segment_widget, slow_core, nuclei):
+    image = np.tile(nuclei[0], (3, 3))  # 288 x 288: dozens of tiles
+    viewer.add_image(image, name="cells")
+    segment_widget.tile_spin.setValue(96)
+    segment_widget.batch_spin.setValue(1)
+    with qtbot.waitSignal(segment_widget.run_finished, timeout=60_000) as blocker:
+        qtbot.mouseClick(segment_widget.run_button, Qt.MouseButton.LeftButton)
+        assert segment_widget.run_button.text() == "Cancel"
+        qtbot.waitUntil(lambda: segment_widget.progress_bar.value() >= 10, timeout=30_000)  # some blocks labelled
+        qtbot.mouseClick(segment_widget.run_button, Qt.MouseButton.LeftButton)
+    assert blocker.args == ["cancelled"]
+    assert slow_core["after_cancel"] <= 1, "the run stops at the next tile batch"
+    assert slow_core["events"] < slow_core["total"]
+    partial = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    assert len(partial) == 1 and partial[0].name.endswith("(partial)") and output_record(partial[0])["partial"]
+    assert segment_widget.run_button.text() == "Segment" and segment_widget.run_button.isEnabled()
+
+
+def test_cancel_before_any_tile_leaves_no_layer(qtbot, viewer, segment_widget, nuclei, monkeypatch, run_segment):
+    from napari_unet.core.errors import Cancelled
+
+    def cancelled_at_once(*args, **kwargs):
+        raise Cancelled("cancelled by the user")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(inference, "segment_steps", cancelled_at_once)
+    viewer.add_image(nuclei[0], name="cells")
+    assert run_segment(segment_widget) == "cancelled"
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_removing_the_source_layer_stops_the_run(qtbot, viewer, segment_widget, slow_core, notes, nuclei):
+    image = np.tile(nuclei[0], (3, 3))
+    source = viewer.add_image(image, name="cells")
+    segment_widget.tile_spin.setValue(96)
+    segment_widget.batch_spin.setValue(1)
+    with qtbot.waitSignal(segment_widget.run_finished, timeout=60_000) as blocker:
+        segment_widget.run_button.click()
+        qtbot.waitUntil(lambda: segment_widget.progress_bar.value() >= 1, timeout=30_000)
+        viewer.layers.remove(source)
+    assert blocker.args == ["cancelled"]
+    assert any(severity == "warning" and "image layer 'cells' was removed" in text for severity, text in notes)
+    assert segment_widget.run_button.text() == "Segment"
+
+
+@pytest.mark.parametrize("error, expected", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "ran out of memory"),
+    (RuntimeError("something deep inside torch"), "unexpected RuntimeError"),
+    (ValueError("the model takes 3 channels"), "takes 3 channels"),
+])
+def test_worker_error_is_shown_and_the_button_returns(qtbot, viewer, segment_widget, notes, nuclei, monkeypatch,
+                                                      error, expected, run_segment):
+    real = inference.segment_steps
+
+    def failing(*args, **kwargs):
+        steps = real(*args, **kwargs)
+        yield next(steps)
+        raise error
+
+    monkeypatch.setattr(inference, "segment_steps", failing)
+    viewer.add_image(nuclei[0], name="cells")
+    assert run_segment(segment_widget) == "failed"
+    assert any(severity == "error" and expected in text for severity, text in notes), notes
+    assert segment_widget.run_button.text() == "Segment" and segment_widget.run_button.isEnabled()
+    labels = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    assert all(layer.name.endswith("(partial)") for layer in labels)
+
+
+def test_stack_with_a_2d_model_and_current_slice_scope(qtbot, viewer, segment_widget, nuclei, run_segment):
+    stack = np.stack([np.roll(nuclei[0], 7 * i, axis=1) for i in range(4)])
+    viewer.add_image(stack, name="stack")
+    assert segment_widget.axes_edit.text() == "ZYX"
+    viewer.dims.set_current_step(0, 2)
+    segment_widget.scope_picker.setCurrentIndex(segment_widget.scope_picker.findData("slice"))
+    run_segment(segment_widget)
+    output = viewer.layers["stack labels"]
+    assert output.data.shape == stack.shape
+    expected = segment(stack[2], load_model("tiny"), axes="YX", probabilities=False).labels
+    np.testing.assert_array_equal(output.data[2], expected)
+    assert not output.data[[0, 1, 3]].any(), "only the current slice was segmented"
+
+    segment_widget.scope_picker.setCurrentIndex(segment_widget.scope_picker.findData("whole"))
+    run_segment(segment_widget)
+    assert viewer.layers["stack labels"] is output and output.data[0].any() and output.data[3].any()
+
+
+def test_3d_model_on_a_stack(qtbot, viewer, segment_widget, run_segment, make_tiny_model):
+    from napari_unet.synthetic import generate_nuclei
+
+    make_tiny_model("tiny3d", spatial_dims=3)
+    stack, _ = generate_nuclei((8, 48, 48), seed=2)
+    viewer.add_image(stack, name="stack3d")
+    assert segment_widget.select_model("tiny3d")
+    assert run_segment(segment_widget) == "done"
+    expected = segment(stack, load_model("tiny3d"), axes="ZYX", probabilities=False).labels
+    np.testing.assert_array_equal(viewer.layers["stack3d labels"].data, expected)
+
+
+def test_rgb_layer(qtbot, viewer, segment_widget, nuclei, run_segment, make_tiny_model):
+    make_tiny_model("tiny-rgb", in_channels=3)
+    rgb = np.stack([nuclei[0], nuclei[0] // 2, 255 - nuclei[0]], axis=-1).astype(np.uint8)
+    viewer.add_image(rgb, name="he", rgb=True)
+    segment_widget.select_model("tiny-rgb")
+    assert segment_widget.axes_edit.text() == "YXC"
+    assert run_segment(segment_widget) == "done"
+    output = viewer.layers["he labels"]
+    assert output.data.shape == rgb.shape[:2]
+    expected = segment(rgb, load_model("tiny-rgb"), axes="YXC", probabilities=False).labels
+    np.testing.assert_array_equal(output.data, expected)
+
+
+def test_region_in_view_segments_only_what_is_visible(qtbot, viewer, segment_widget, run_segment):
+    image = np.random.default_rng(0).integers(0, 255, (400, 400), dtype=np.uint8)
+    viewer.add_image(image, name="big")
+    viewer.scene.camera.center = (100, 300)
+    viewer.scene.camera.zoom = viewer.canvas.size[0] / 80  # about 80 px of the image in view
+    segment_widget.scope_picker.setCurrentIndex(segment_widget.scope_picker.findData("view"))
+    run_segment(segment_widget)
+    labelled = np.argwhere(viewer.layers["big labels"].data)
+    assert labelled.size, "the region in view was segmented"
+    assert labelled[:, 0].min() >= 30 and labelled[:, 0].max() <= 170
+    assert labelled[:, 1].min() >= 150, "nothing far left of the view"
+
+
+def test_axes_are_inferred_overridable_and_checked(qtbot, viewer, segment_widget, notes, nuclei):
+    stack = np.stack([nuclei[0]] * 3)
+    viewer.add_image(stack, name="stack")
+    assert segment_widget.axes_edit.text() == "ZYX"
+    segment_widget.axes_edit.clear()
+    qtbot.keyClicks(segment_widget.axes_edit, "TYX")
+    assert segment_widget.axes_edit.text() == "TYX" and "set by you" in segment_widget.axes_note.text()
+    segment_widget.axes_edit.setText("QYX")
+    segment_widget.run_button.click()
+    assert not segment_widget.running and "QYX" in segment_widget.status.text()
+    viewer.add_image(nuclei[0], name="flat")
+    segment_widget.image_picker.set_layer(viewer.layers["flat"])
+    assert segment_widget.axes_edit.text() == "YX", "choosing another image infers its axes again"
+
+
+def test_pickers_follow_the_layer_list(viewer, segment_widget, nuclei):
+    picker = segment_widget.image_picker
+    assert picker.count() == 0 and picker.layer is None
+    first = viewer.add_image(nuclei[0], name="a")
+    viewer.add_labels(nuclei[1], name="not an image")
+    viewer.add_image(nuclei[0], name="b")
+    assert [picker.itemText(i) for i in range(picker.count())] == ["b", "a"]
+    assert picker.layer is first, "adding a layer keeps the current choice"
+    first.name = "renamed"
+    assert picker.currentText() == "renamed"
+    viewer.layers.remove(first)
+    assert picker.layer is viewer.layers["b"]
+
+
+def test_model_picker_lists_the_library_with_model_cards(segment_widget, make_tiny_model):
+    make_tiny_model("another")
+    picker = segment_widget.model_picker
+    picker.refresh()
+    names = [picker.itemText(i) for i in range(picker.count())]
+    assert names[-1] == "Browse..." and {"tiny", "another"} <= set(names)
+    assert picker.select("another") and picker.model_name == "another"
+    assert "task: instance" in picker.toolTip()
+    assert segment_widget.device_picker.itemText(0) == "auto" and "cpu" in [
+        segment_widget.device_picker.itemText(i) for i in range(segment_widget.device_picker.count())]
+
+
+def test_probability_layers(qtbot, viewer, segment_widget, nuclei, run_segment):
+    viewer.add_image(nuclei[0], name="cells")
+    segment_widget.probabilities_check.setChecked(True)
+    run_segment(segment_widget)
+    interior = viewer.layers["cells P(interior)"]
+    assert interior.data.shape == nuclei[0].shape and 0 <= interior.data.min() <= interior.data.max() <= 1
+    assert "cells P(boundary)" in viewer.layers
