@@ -1,0 +1,369 @@
+"""The Fine-tune dock widget: retrain the U-Net on the user's corrected labels while they keep working.
+
+Training pairs are (image layer, labels layer, optional Shapes layer of reviewed regions). On Fine-tune the
+labels and masks are copied, so the user may go on painting; :func:`napari_unet.core.training.finetune_steps`
+runs in a napari generator worker and its per-step progress feeds a live loss / Dice plot. The tuned model is
+saved as a new version in the library (in the worker), selected in the Segment widget, and "Segment again"
+re-runs the Segment widget's image with it.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_unet.widgets._layers import LayerPicker, infer_axes, output_record
+from napari_unet.widgets._loss_plot import LossPlot
+from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
+from napari_unet.widgets._progress import RunProgress, format_seconds
+from napari_unet.widgets._regions import regions_mask
+from napari_unet.widgets._registry import segment_widget_for
+from napari_unet.widgets._workers import Outcome, explain, start_worker
+
+
+class PairRow(QWidget):
+    """One training pair: an image, its corrected labels, and optionally the reviewed regions."""
+
+    def __init__(self, viewer: Any, on_remove: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.image = LayerPicker(viewer, (Image,))
+        self.labels = LayerPicker(viewer, (Labels,))
+        self.regions = LayerPicker(viewer, (Shapes,), none_text="whole image")
+        self.image.setToolTip("The image that was segmented.")
+        self.labels.setToolTip("Its corrected labels (0 = background).")
+        self.regions.setToolTip("A Shapes layer whose rectangles mark the regions you reviewed; only they "
+                                "are trained on. 'whole image' trains on all of the labels layer.")
+        remove = QToolButton()
+        remove.setText("✕")
+        remove.setToolTip("Remove this pair")
+        remove.clicked.connect(lambda: on_remove(self))
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for widget in (self.image, self.labels, self.regions):
+            layout.addWidget(widget, 1)
+        layout.addWidget(remove)
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a model on corrected labels; the result is a new model version in the library."""
+
+    run_finished = Signal(str)  # "done", "cancelled" or "failed"
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.rows: list[PairRow] = []
+        self.saved_path: Path | None = None
+        self._run: dict[str, Any] | None = None
+
+        self.pairs_box = QVBoxLayout()
+        header = QHBoxLayout()
+        for text in ("Image", "Labels", "Regions"):
+            header.addWidget(QLabel(f"<b>{text}</b>"), 1)
+        header.addSpacing(24)
+        self.pairs_box.addLayout(header)
+        self.add_button = QPushButton("Add current layers")
+        self.add_button.setToolTip("Add the selected image and labels layers (and the top Shapes layer, if any) "
+                                   "as a training pair.")
+        self.add_button.clicked.connect(self.add_current_layers)
+
+        self.model_picker = ModelPicker()
+        self.budget_spin = QSpinBox()
+        self.budget_spin.setRange(5, 24 * 3600)
+        self.budget_spin.setValue(60)
+        self.budget_spin.setSuffix(" s")
+        self.budget_spin.setToolTip("How long to train. Training also stops early once the validation loss "
+                                    "stops improving.")
+
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(0, 1_000_000)
+        self.steps_spin.setSpecialValueText("as many as fit")
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1e-1)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-3)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 64)
+        self.batch_spin.setValue(4)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.augment_check = QCheckBox("Augment (flips, rotations, elastic, intensity)")
+        self.augment_check.setChecked(True)
+        self.device_picker = DevicePicker()
+        advanced = QCollapsible("Advanced")
+        advanced_form = QWidget()
+        form = QFormLayout(advanced_form)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Batch size", self.batch_spin)
+        form.addRow("Seed", self.seed_spin)
+        form.addRow("Device", self.device_picker)
+        form.addRow(self.augment_check)
+        advanced.addWidget(advanced_form)
+        self.advanced = advanced
+
+        self.run_button = QPushButton("Fine-tune")
+        self.run_button.clicked.connect(self._on_button)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setFormat("")
+        self.plot = LossPlot()
+        self.status = QLabel("Correct a segmentation with napari's paint tools, add the image and labels as a "
+                             "pair, then press Fine-tune.")
+        self.status.setWordWrap(True)
+        self.segment_again_button = QPushButton("Segment again")
+        self.segment_again_button.setEnabled(False)
+        self.segment_again_button.setToolTip("Run the Segment widget on its image with the new model.")
+        self.segment_again_button.clicked.connect(self.segment_again)
+
+        settings = QFormLayout()
+        settings.addRow("Base model", self.model_picker)
+        settings.addRow("Time budget", self.budget_spin)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.pairs_box)
+        layout.addWidget(self.add_button)
+        layout.addLayout(settings)
+        layout.addWidget(advanced)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.segment_again_button, 1)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        segment = segment_widget_for(napari_viewer)
+        if segment is not None and segment.model_picker.model_path is not None:
+            self.model_picker.select(segment.model_picker.model_path)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Pairs
+    # ----------------------------------------------------------------------------------------------------------
+
+    def add_pair(self, image: Any = None, labels: Any = None, regions: Any = None) -> PairRow:
+        """Add a row, preset to the given layers where they are given."""
+        row = PairRow(self.viewer, self._remove_pair)
+        row.image.set_layer(image)
+        row.labels.set_layer(labels)
+        row.regions.set_layer(regions)
+        self.rows.append(row)
+        self.pairs_box.addWidget(row)
+        return row
+
+    def add_current_layers(self) -> PairRow | None:
+        """A pair from the selected layers: the active Labels layer (or the top one), the image it was
+        segmented from (or the active/top Image layer), and the top Shapes layer if there is one."""
+        layers = list(self.viewer.layers)
+        active = self.viewer.layers.selection.active
+
+        def top(kind: type) -> Any:
+            if isinstance(active, kind):
+                return active
+            return next((layer for layer in reversed(layers) if isinstance(layer, kind)), None)
+
+        labels = top(Labels)
+        record = output_record(labels) if labels is not None else None
+        image = None
+        if record is not None and record.get("source") in self.viewer.layers:
+            image = self.viewer.layers[record["source"]]
+        image = image if isinstance(image, Image) else top(Image)
+        if image is None or labels is None:
+            show_warning("Add a pair needs an image layer and a labels layer; segment an image first, or "
+                         "open one and add a Labels layer to paint on.")
+            return None
+        for row in self.rows:
+            if row.image.layer is image and row.labels.layer is labels:
+                return row
+        shapes = next((layer for layer in reversed(layers) if isinstance(layer, Shapes)), None)
+        return self.add_pair(image, labels, shapes)
+
+    def _remove_pair(self, row: PairRow) -> None:
+        self.rows.remove(row)
+        self.pairs_box.removeWidget(row)
+        row.deleteLater()
+
+    def samples(self) -> list[Any]:
+        """Training samples from the pairs, with labels and masks copied so that painting may go on."""
+        from napari_unet.core.errors import InvalidInputError
+        from napari_unet.core.training import Sample
+
+        if not self.rows:
+            raise InvalidInputError("there are no training pairs: press 'Add current layers' with an image and "
+                                    "its corrected labels selected")
+        dims, channels = model_kind(self.model_picker.model_path)
+        samples = []
+        for number, row in enumerate(self.rows, 1):
+            image, labels, regions = row.image.layer, row.labels.layer, row.regions.layer
+            if image is None or labels is None:
+                raise InvalidInputError(f"training pair {number} needs an image layer and a labels layer")
+            axes = infer_axes(image, dims, channels)
+            data = image.data[0] if image.multiscale else image.data
+            expected = tuple(n for n, a in zip(data.shape, axes) if a != "C")
+            label_data = labels.data[0] if labels.multiscale else labels.data
+            if tuple(label_data.shape) != expected:
+                raise InvalidInputError(
+                    f"training pair {number}: the labels '{labels.name}' have shape {tuple(label_data.shape)} but "
+                    f"the image '{image.name}' (axes {axes}) needs labels of shape {expected}")
+            mask = regions_mask(regions, labels) if regions is not None else None
+            samples.append(Sample(image=data, labels=np.array(label_data, copy=True), mask=mask, axes=axes))
+        return samples
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Running
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    def _on_button(self) -> None:
+        if self._run is None:
+            self.start()
+        else:
+            self.stop()
+
+    def start(self) -> None:
+        """Copy the samples and start training (what the Fine-tune button does)."""
+        from napari_unet.core.cancel import CancelToken
+
+        model_path = self.model_picker.model_path
+        if model_path is None:
+            return self._refuse("Choose a base model first (or 'Browse...' to a model folder).")
+        try:
+            samples = self.samples()
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        options = {
+            "time_budget_s": float(self.budget_spin.value()),
+            "steps": self.steps_spin.value() or None,
+            "device": self.device_picker.device,
+            "seed": self.seed_spin.value(),
+            "learning_rate": self.lr_spin.value(),
+            "batch_size": self.batch_spin.value(),
+            "augment": self.augment_check.isChecked(),
+        }
+        token = CancelToken()
+        run = {"cancel": token, "progress": RunProgress(f"Fine-tuning {model_path.name}", self.stop),
+               "base": model_path.name, "budget": options["time_budget_s"]}
+        self._run = run
+        self.plot.clear()
+        self.segment_again_button.setEnabled(False)
+        run["worker"] = start_worker(lambda: _finetune_steps(model_path, samples, token, options),
+                                     lambda event: self._on_event(run, event))
+        self.run_button.setText("Stop")
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setFormat("preparing the training data...")
+        self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s); you can go on painting.")
+
+    def stop(self) -> None:
+        """Stop training early; the best model so far is still saved."""
+        run = self._run
+        if run is None or run["cancel"].cancelled:
+            return
+        run["cancel"].cancel()
+        self.run_button.setText("Stopping...")
+        self.run_button.setEnabled(False)
+
+    def segment_again(self) -> None:
+        """Segment the Segment widget's image with the newly saved model."""
+        segment = segment_widget_for(self.viewer, open_if_missing=True)
+        if segment is None or self.saved_path is None:
+            return
+        segment.select_model(self.saved_path)
+        segment.segment()
+
+    def _refuse(self, message: str) -> None:
+        self.status.setText(message)
+        show_warning(message)
+
+    def _on_event(self, run: dict[str, Any], event: Any) -> None:
+        if isinstance(event, Outcome):
+            self._finish(run, event)
+            return
+        self.plot.add(event.step, loss=event.loss, val_loss=event.val_loss, val_dice=event.val_dice)
+        # training ends at the step limit or the time budget, whichever comes first
+        fraction = event.elapsed_s / run["budget"] if run["budget"] else 0.0
+        if event.total_steps:
+            fraction = max(fraction, event.step / event.total_steps)
+        run["progress"].update_to(min(fraction, 1.0) * 1000, 1000)
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(int(min(fraction, 1.0) * 1000))
+        left = event.time_left_s
+        steps = f"step {event.step}" + (f" / {event.total_steps}" if event.total_steps else "")
+        self.progress_bar.setFormat(steps + (f", {format_seconds(left)} left" if left is not None else ""))
+        if event.message:
+            self.status.setText(event.message)
+
+    def _finish(self, run: dict[str, Any], outcome: Outcome) -> None:
+        run["progress"].close()
+        self._run = None
+        self.run_button.setText("Fine-tune")
+        self.run_button.setEnabled(True)
+        self.progress_bar.setRange(0, 1)
+        status = outcome.status
+        if status == "failed":
+            print(outcome.details, file=sys.stderr)
+            message = explain(outcome.error, "Fine-tuning")
+            show_error(message)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("failed")
+        elif outcome.value is None:
+            status = "cancelled"
+            message = "Stopped before the first training step; no model was saved."
+            show_info(message)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("stopped")
+        else:
+            path, metrics = outcome.value
+            self.saved_path = path
+            segment = segment_widget_for(self.viewer)
+            if segment is not None:
+                segment.select_model(path)
+            self.model_picker.select(path)
+            self.segment_again_button.setEnabled(True)
+            score = f" (validation Dice {metrics['val_dice']:.2f})" if metrics.get("val_dice") is not None else ""
+            early = "Stopped early; saved the best model so far" if run["cancel"].cancelled else "Saved"
+            message = (f"{early} as '{path.name}'{score}, fine-tuned from {run['base']}. It is selected in the "
+                       "Segment widget: press 'Segment again' to see it work.")
+            show_info(message)
+            self.progress_bar.setValue(1)
+            self.progress_bar.setFormat("done")
+        self.status.setText(message)
+        self.run_finished.emit(status)
+
+
+def _finetune_steps(model_path: Path, samples: list[Any], cancel: Any, options: dict[str, Any]) -> Any:
+    """The worker body: train, then save the new version; returns (folder, best metrics) or None."""
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.models import load_model
+    from napari_unet.core.training import finetune_steps
+    from napari_unet.core.versions import save_version
+
+    configure_cpu_threads(interactive=True)
+    model = load_model(model_path)
+    tuned = yield from finetune_steps(model, samples, cancel=cancel, on_cancel="best", **options)
+    if not any(record.get("loss") is not None for record in tuned.history):
+        return None  # stopped before a single step: nothing new to save
+    path = save_version(tuned)
+    best = [record for record in tuned.history if record.get("best")]
+    return path, best[-1] if best else {}

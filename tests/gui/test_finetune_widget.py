@@ -1,0 +1,111 @@
+"""The Fine-tune widget: pairs from layers, a real training run with a live plot, a new version selected."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_unet.core.library import library_dir
+from napari_unet.core.versions import read_annotations
+from napari_unet.widgets._regions import regions_mask
+from napari_unet.widgets.finetune_widget import FinetuneWidget
+
+
+@pytest.fixture
+def finetune_widget(viewer, segment_widget):
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.budget_spin.setValue(30)
+    widget.steps_spin.setValue(4)
+    widget.batch_spin.setValue(2)
+    return widget
+
+
+def test_add_current_layers_pairs_the_output_with_its_image(viewer, finetune_widget, nuclei):
+    image, labels = nuclei
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="corrected")
+    regions = viewer.add_shapes([[[10, 10], [10, 60], [60, 60], [60, 10]]], shape_type="rectangle", name="reviewed")
+    viewer.layers.selection.active = viewer.layers["corrected"]
+    finetune_widget.add_button.click()
+    (row,) = finetune_widget.rows
+    assert (row.image.layer.name, row.labels.layer.name, row.regions.layer) == ("cells", "corrected", regions)
+    finetune_widget.add_button.click()
+    assert len(finetune_widget.rows) == 1, "the same pair is not added twice"
+
+
+def test_finetune_runs_end_to_end_and_selects_the_new_version(qtbot, viewer, segment_widget, finetune_widget,
+                                                              nuclei):
+    image, labels = nuclei
+    viewer.add_image(image, name="cells")
+    painted = viewer.add_labels(labels.copy(), name="corrected")
+    viewer.layers.selection.active = painted
+    finetune_widget.add_button.click()
+    assert finetune_widget.model_picker.model_name == "tiny"
+
+    with qtbot.waitSignal(finetune_widget.run_finished, timeout=60_000) as blocker:
+        qtbot.mouseClick(finetune_widget.run_button, Qt.MouseButton.LeftButton)
+        assert finetune_widget.run_button.text() == "Stop"
+        painted.data[:10] = 99  # the user goes on painting: training uses the copy taken at start
+    assert blocker.args == ["done"]
+    assert finetune_widget.run_button.text() == "Fine-tune"
+
+    saved = finetune_widget.saved_path
+    assert saved is not None and saved.parent == library_dir() and saved.name == "tiny-v2"
+    assert segment_widget.model_picker.model_path == saved, "the new version is selected for segmenting"
+    assert finetune_widget.segment_again_button.isEnabled()
+    losses = finetune_widget.plot.series["loss"]
+    assert len(losses) == 4 and all(np.isfinite(value) for _, value in losses)
+    (trained_labels, _, axes), = read_annotations(saved)
+    np.testing.assert_array_equal(trained_labels, labels)
+    assert axes == "YX"
+
+
+def test_plot_is_drawn(qtbot, finetune_widget):
+    finetune_widget.plot.add(1, loss=0.9)
+    finetune_widget.plot.add(2, loss=0.7, val_loss=0.8, val_dice=0.4)
+    image = finetune_widget.plot.grab().toImage()
+    colours = {image.pixelColor(x, y).name() for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)}
+    assert len(colours) > 5, "the curves and axes are painted"
+
+
+def test_stop_saves_the_best_so_far(qtbot, viewer, finetune_widget, nuclei):
+    image, labels = nuclei
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="corrected")
+    finetune_widget.add_current_layers()
+    finetune_widget.steps_spin.setValue(0)
+    finetune_widget.budget_spin.setValue(600)
+    with qtbot.waitSignal(finetune_widget.run_finished, timeout=60_000) as blocker:
+        finetune_widget.run_button.click()
+        qtbot.waitUntil(lambda: len(finetune_widget.plot.series["loss"]) >= 2, timeout=30_000)
+        finetune_widget.run_button.click()
+        assert finetune_widget.run_button.text() == "Stopping..."
+    assert blocker.args == ["done"] and finetune_widget.saved_path is not None
+    assert "Stopped early" in finetune_widget.status.text()
+
+
+def test_mismatched_pair_is_refused_with_a_message(viewer, finetune_widget, nuclei):
+    image, _ = nuclei
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(np.zeros((50, 50), np.int32), name="wrong")
+    finetune_widget.add_current_layers()
+    finetune_widget.run_button.click()
+    assert not finetune_widget.running
+    assert "shape" in finetune_widget.status.text() and "wrong" in finetune_widget.status.text()
+
+
+def test_regions_mask_from_rectangles_and_3d_shapes():
+    from napari.layers import Labels, Shapes
+
+    labels = Labels(np.zeros((4, 50, 60), np.int32), scale=(1, 2, 2))
+    flat = Shapes([[[0, 0], [0, 20], [20, 20], [20, 0]]], shape_type="rectangle", scale=(2, 2))
+    mask = regions_mask(flat, labels)
+    assert mask.shape == labels.data.shape and mask[:, :20, :20].all() and not mask[:, 25:].any()
+    assert mask.all(axis=0).sum() == mask[0].sum(), "a 2D shape marks every plane"
+
+    placed = Shapes([[[2, 10, 10], [2, 10, 40], [2, 40, 40], [2, 40, 10]]], shape_type="rectangle")
+    mask = regions_mask(placed, labels)
+    assert mask[2, 12, 12] and not mask[1].any() and not mask[3].any()
+    with pytest.raises(ValueError, match="rectangle"):
+        regions_mask(Shapes([[[0, 0], [5, 5]]], shape_type="line"), labels)
