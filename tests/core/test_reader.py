@@ -87,7 +87,8 @@ def test_ome_zarr_multiscale(tmp_path):
         "version": "0.4",
         "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
                  {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1, 0.5 * 2**i, 0.5 * 2**i]}]}
+        "datasets": [{"path": str(i),
+                      "coordinateTransformations": [{"type": "scale", "scale": [1, 0.5 * 2**i, 0.5 * 2**i]}]}
                      for i in range(2)],
     }]
     root.attrs["omero"] = {"channels": [{"label": "DAPI"}, {"label": "GFP"}]}
