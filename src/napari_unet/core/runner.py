@@ -1,0 +1,230 @@
+"""Running a U-Net on batches of tiles: device, precision, memory layout, and sizes that fit in memory.
+
+:class:`Network` wraps a private copy of the caller's network prepared for inference (eval mode, batch-norm
+folded into the preceding convolution, channels-last weights, moved to the device), so nothing the caller holds
+changes. It takes a numpy batch and returns numpy class probabilities, optionally averaged over flips (test-time
+augmentation). :func:`auto_tile_shape` and :func:`auto_batch_size` choose sizes from the memory available:
+free GPU memory on CUDA, a fixed budget on the CPU, where large tiles also fall out of cache.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import itertools
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from napari_unet.core.unet import UNetConfig
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+#: largest tile edge on a CPU; bigger tiles waste less on margins but run slower per pixel once they leave
+#: the cache (measured by bench/tiling_vs_monai.py)
+CPU_TILE_EDGE = {2: 1024, 3: 256}
+#: activation memory one CPU batch may use
+CPU_BUDGET_BYTES = 2**30
+#: share of free GPU memory one batch may use (the rest absorbs fragmentation and cuDNN workspaces)
+GPU_SHARE = 0.4
+
+
+class Network:
+    """An inference-ready copy of a network on one device; ``network(batch)`` gives class probabilities."""
+
+    def __init__(self, network: nn.Module, device: torch.device, precision: str = "auto", tta: bool = False) -> None:
+        self.device = device
+        self.tta = tta
+        self.autocast = autocast_dtype(device, precision)
+        self.half = self.autocast is not None
+        self.precision_name = str(self.autocast).replace("torch.", "") if self.half else "float32"
+        net = fold_batchnorm(copy.deepcopy(network).eval())
+        self.spatial_dims = _spatial_dims(net)
+        self.memory_format = None
+        if device.type in ("cpu", "cuda"):
+            self.memory_format = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+        self.net = net.to(device=device, memory_format=self.memory_format or torch.contiguous_format)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (sigmoid for one class), float32, for a float32 (N, C, *spatial) batch."""
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
+        flip_sets = _flips(self.spatial_dims) if self.tta else [()]
+        with torch.inference_mode(), self._autocast():
+            total = None
+            for dims in flip_sets:
+                y = self.net(x.flip(dims) if dims else x).float()
+                y = torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
+                y = y.flip(dims) if dims else y
+                total = y if total is None else total + y
+            probabilities = total / len(flip_sets) if len(flip_sets) > 1 else total
+        return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
+
+    def _autocast(self) -> Any:
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
+    def free(self) -> None:
+        """Return cached device memory after a failed attempt."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
+
+
+def _spatial_dims(net: nn.Module) -> int:
+    config = getattr(net, "config", None)
+    if isinstance(config, UNetConfig):
+        return config.spatial_dims
+    return 3 if any(isinstance(m, nn.Conv3d) for m in net.modules()) else 2
+
+
+def _flips(dims: int) -> list[tuple[int, ...]]:
+    """Every subset of the spatial tensor dimensions (2.. of N, C, *spatial), the identity first."""
+    spatial = range(2, 2 + dims)
+    return [tuple(d for d, on in zip(spatial, bits) if on) for bits in itertools.product((0, 1), repeat=dims)]
+
+
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """Fold every eval-mode batch-norm that directly follows a convolution into it (in place; returns it).
+
+    Saves one pass over every feature map; the result equals the original to float32 round-off.
+    """
+    for module in network.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in itertools.pairwise(names):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, (nn.Conv2d, nn.Conv3d)) and isinstance(norm, (nn.BatchNorm2d, nn.BatchNorm3d)) \
+                    and norm.track_running_stats and not norm.training:
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = nn.Identity()
+    return network
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------------------------
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``, or None for plain float32."""
+    if precision == "float32":
+        return None
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bfloat16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True on CPUs with bfloat16 arithmetic in hardware (AVX512-BF16 or AMX), where autocast pays off.
+
+    Elsewhere PyTorch emulates bfloat16, which is slower than float32 and less exact.
+    """
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            flags = handle.read(1 << 16).split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sizes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def bytes_per_pixel(config: UNetConfig, half: bool) -> int:
+    """Rough peak activation memory per input pixel of a tile during inference.
+
+    At the top level the skip connection, the up-sampled features, their concatenation and two convolution
+    outputs are alive at once (about six feature maps of ``base_features``), and the deeper levels add less
+    than one more; twice that covers allocator slack.
+    """
+    return 2 * 7 * config.base_features * (2 if half else 4)
+
+
+def auto_batch_size(config: UNetConfig, tile_shape: Sequence[int], device: torch.device, half: bool) -> int:
+    """Tiles per batch: one on a CPU (larger batches only thrash its cache), as many as fit on a GPU."""
+    if device.type == "cpu":
+        return 1
+    tile_bytes = bytes_per_pixel(config, half) * int(np.prod(tile_shape))
+    return int(max(1, min(16, _device_budget(device) // max(tile_bytes, 1))))
+
+
+def auto_tile_shape(config: UNetConfig, shape: Sequence[int], device: torch.device, half: bool,
+                    overlap: int | None = None) -> tuple[int, ...]:
+    """The largest tile for a plane of ``shape``: the whole plane if it fits the memory budget, else the
+    cheapest split (fewest pixels computed, margins included) among tiles that do."""
+    from napari_unet.core.tiling import plan_tiles
+
+    g = 2**config.depth
+    edge = CPU_TILE_EDGE[config.spatial_dims] if device.type == "cpu" else 4096
+    budget = _device_budget(device)
+    limit = max(budget // bytes_per_pixel(config, half), g**config.spatial_dims)
+    options = []
+    for n in shape:
+        sizes = {}
+        for cap in range(g, min(-(-n // g) * g, edge) + g, g):
+            try:
+                axis = plan_tiles(config, (n,), (cap,), overlap).axes[0]
+            except ValueError:
+                continue
+            sizes.setdefault(len(axis.starts), (axis.in_size, cap))
+        options.append(sorted(sizes.items()))
+    best = None
+    for combo in itertools.product(*options):
+        pixels = int(np.prod([size for _, (size, _) in combo]))
+        if pixels > limit and best is not None:
+            continue
+        cost = int(np.prod([count * size for count, (size, _) in combo]))
+        key = (pixels > limit, cost, -pixels)
+        if best is None or key < best[0]:
+            best = (key, tuple(cap for _, (_, cap) in combo))
+    return best[1]
+
+
+def _device_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_SHARE)
+    if device.type == "cpu":
+        return min(CPU_BUDGET_BYTES, _physical_memory() // 8)
+    return CPU_BUDGET_BYTES
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means a device (or the host) ran out of memory, in any of the ways PyTorch says it."""
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text
+                                              or "can't allocate memory" in text)

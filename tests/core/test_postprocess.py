@@ -1,0 +1,162 @@
+"""Labels from probabilities, block by block: the same objects as a whole-image labelling, ids unique."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from skimage.segmentation import find_boundaries
+
+from napari_unet.core.axes import Layout
+from napari_unet.core.postprocess import InstanceLabeller, SemanticLabeller, class_labels, fill, instance_labels
+from napari_unet.core.tiling import plan_tiles
+from napari_unet.core.unet import UNetConfig
+
+
+def probabilities_from(labels, seed=0, noise=0.15):
+    """Background / interior / boundary probabilities that a good nuclei model would give for ``labels``."""
+    boundary = find_boundaries(labels, mode="inner") & (labels > 0)
+    interior = (labels > 0) & ~boundary
+    onehot = np.stack([labels == 0, interior, boundary]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    scores = onehot * 2 + rng.normal(0, noise, onehot.shape)
+    e = np.exp(scores - scores.max(0))
+    return (e / e.sum(0)).astype(np.float32)
+
+
+def scene_2d(shape=(150, 190)):
+    """Discs (some touching), a bar across the whole width, and a U whose arms meet far away."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    rng = np.random.default_rng(1)
+    n = 1
+    for _ in range(40):
+        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(4, 10)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)
+        if disc.sum() > 20:
+            labels[disc] = n
+            n += 1
+    labels[70:78, :] = n  # a bar crossing every tile column
+    u = np.zeros(shape, bool)
+    u[100:140, 20:26] = u[100:140, 60:66] = u[134:140, 20:66] = True
+    labels[u] = n + 1
+    return labels
+
+
+def label_blockwise(probabilities, tile, layout=None, labeller_cls=InstanceLabeller, out=None):
+    """Feed probabilities tile by tile through a labeller, as inference does."""
+    shape = probabilities.shape[1:]
+    layout = layout or Layout.create("YX" if len(shape) == 2 else "ZYX", shape, "YX" if len(shape) == 2 else "ZYX")
+    labels = np.zeros(layout.output_shape, np.int32) if out is None else out
+    labeller = labeller_cls(labels, layout)
+    plan = plan_tiles(UNetConfig(spatial_dims=len(shape), padding="same", depth=2), shape, (tile,) * len(shape),
+                      margin=4)
+    labeller.start_plane({}, plan)
+    for index in plan.indices():
+        _, _, place = plan.tile(index)
+        labeller.add_tile(index, probabilities[(slice(None),) + place], place)
+    assert not getattr(labeller, "blocks", None)  # every block was released once its neighbours were labelled
+    labeller.end_plane(False)
+    list(labeller.finish())
+    return labels, labeller, plan
+
+
+def same_partition(a, b):
+    """True when two label images describe the same objects, whatever their ids."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+            and ((pairs[0] == 0) == (pairs[1] == 0)).all())
+
+
+def test_blockwise_instance_labels_equal_whole_image_labels():
+    truth = scene_2d()
+    probabilities = probabilities_from(truth)
+    whole = instance_labels(probabilities)
+    labels, labeller, plan = label_blockwise(probabilities, tile=64)
+    assert len(plan) >= 12  # many blocks and block borders
+    assert same_partition(labels, whole)
+    assert labeller.objects == whole.max() > 30
+    np.testing.assert_array_equal(np.unique(labels), np.arange(labeller.objects + 1))  # ids 1..N
+
+
+def test_objects_crossing_block_borders_keep_one_id():
+    truth = scene_2d()
+    probabilities = probabilities_from(truth, noise=0.05)
+    labels, _, plan = label_blockwise(probabilities, tile=64)
+    assert same_partition(labels, instance_labels(probabilities))
+    for value in (truth.max() - 1, truth.max()):  # the bar crosses every column; the U's arms meet far away
+        ids = np.unique(labels[truth == value])
+        assert len(ids) == 1 and ids[0] > 0
+    assert len(plan.axes[1].starts) >= 3
+
+
+def test_touching_objects_stay_apart():
+    labels = np.zeros((40, 60), np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 100] = 1
+    labels[((yy - 20) ** 2 + (xx - 39) ** 2 <= 100) & (labels == 0)] = 2
+    result = instance_labels(probabilities_from(labels, noise=0.0))
+    assert same_partition(result, labels)
+
+
+def test_blockwise_3d_matches_whole_volume():
+    zz, yy, xx = np.mgrid[:20, :70, :70]
+    truth = np.zeros((20, 70, 70), np.int32)
+    for i, (cz, cy, cx) in enumerate([(10, 20, 20), (10, 35, 35), (5, 50, 60), (14, 60, 10)], start=1):
+        truth[((zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= 64) & (truth == 0)] = i
+    truth[2:6, 2:6, :] = 5  # a rod through every block along X
+    probabilities = probabilities_from(truth)
+    labels, labeller, _ = label_blockwise(probabilities, tile=32)
+    assert same_partition(labels, instance_labels(probabilities))
+    assert same_partition(labels, truth) and labeller.objects == 5
+
+
+def test_ids_are_unique_over_planes_and_constant_planes_are_empty():
+    truth = scene_2d((64, 64))
+    probabilities = probabilities_from(truth)
+    layout = Layout.create("TYX", (3, 64, 64), "YX")
+    labels = np.zeros(layout.output_shape, np.int32)
+    labeller = InstanceLabeller(labels, layout)
+    plan = plan_tiles(UNetConfig(padding="same", depth=2), (64, 64), (32, 32), margin=4)
+    for t in range(3):
+        labeller.start_plane({"T": t}, plan)
+        for index in plan.indices():
+            _, _, place = plan.tile(index)
+            labeller.add_tile(index, probabilities[(slice(None),) + place], place)
+        labeller.end_plane(constant=t == 1)
+    list(labeller.finish())
+    assert labels[1].max() == 0
+    assert set(np.unique(labels[0])[1:]).isdisjoint(np.unique(labels[2])[1:])
+    assert labeller.objects == 2 * (len(np.unique(labels[0])) - 1)
+
+
+def test_labelling_into_zarr_matches_numpy():
+    truth = scene_2d()
+    probabilities = probabilities_from(truth)
+    expected, _, _ = label_blockwise(probabilities, tile=64)
+    store = zarr.zeros(truth.shape, chunks=(32, 48), dtype=np.int32)
+    label_blockwise(probabilities, tile=64, out=store)
+    np.testing.assert_array_equal(store[:], expected)
+
+
+def test_semantic_labels_are_the_most_probable_class():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((4, 50, 70)).astype(np.float32)
+    labels, labeller, _ = label_blockwise(probabilities, tile=32, labeller_cls=SemanticLabeller)
+    np.testing.assert_array_equal(labels, probabilities.argmax(0))
+    assert labeller.objects is None
+    np.testing.assert_array_equal(class_labels(probabilities[:1]), probabilities[0] > 0.5)
+
+
+def test_fill_writes_zarr_chunk_by_chunk():
+    store = zarr.ones((3, 100, 130), chunks=(1, 32, 32), dtype=np.int32)
+    fill(store, (1, slice(None), slice(10, 100)), 0)
+    assert store[1, :, 10:100].sum() == 0
+    assert store[1, :, :10].all() and store[1, :, 100:].all() and store[0].all() and store[2].all()
+
+
+@pytest.mark.parametrize("tile", [16, 40])
+def test_small_blocks_need_halos_from_several_neighbours(tile):
+    truth = scene_2d((90, 90))
+    probabilities = probabilities_from(truth, seed=3)
+    labels, _, _ = label_blockwise(probabilities, tile=tile)
+    assert same_partition(labels, instance_labels(probabilities))
