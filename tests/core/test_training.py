@@ -285,3 +285,22 @@ def test_no_validation_when_too_little_is_annotated():
                                               batch_size=2))
     assert [r.step for r in records] == [1, 2, 3] and all(r.val_loss is None for r in records)
     assert "val_loss" not in tuned.config.provenance["metrics"]
+
+
+def test_the_validation_block_is_taken_out_of_the_training_loss():
+    from napari_unet.core.holdout import hold_out_validation
+    from napari_unet.core.targets import Item, instance_targets
+
+    _, labels = generate_nuclei((96, 96), "dense", seed=0)
+    annotated = np.ones(labels.shape, bool)
+    annotated[:10] = False
+    items = [Item(np.zeros((1, 96, 96), np.float32), instance_targets(labels, annotated), 0)]
+    validation = hold_out_validation(items, 0.2, tiny_model().config.network, "instance")
+    total = 86 * 96
+    assert 0.2 * total <= validation.annotated_pixels < 0.3 * total
+    training = items[0].targets
+    assert training.annotated.sum() == total - validation.annotated_pixels
+    assert (training.weights[~training.annotated] == 0).all()
+    block, = validation.blocks
+    assert block.annotated.sum() == validation.annotated_pixels
+    assert block.input.shape[0] == 1 and all(n >= s + 32 for n, s in zip(block.input.shape[1:], block.classes.shape))

@@ -132,10 +132,12 @@ def _chain(models: dict[str, VersionInfo], name: str) -> list[VersionInfo]:
 def list_versions(name: str) -> list[VersionInfo]:
     """Every model of ``name``'s family (all descendants of its oldest ancestor), the ancestor first, then
     by training date."""
-    root = lineage(name)[0].name
+    chain = lineage(name)
     models = _all_versions()
-    members = [v for v in models.values() if _chain(models, v.name)[0].name == root]
-    return sorted(members, key=lambda v: (v.name != root, v.date or "", v.name))
+    members = [v for v in models.values() if _chain(models, v.name)[0].name == chain[0].name]
+    if not members:  # a model outside the library and the bundled models: its own lineage is all there is
+        return chain
+    return sorted(members, key=lambda v: (v.name != chain[0].name, v.date or "", v.name))
 
 
 def rollback(name: str) -> Path:
