@@ -1,0 +1,222 @@
+"""``napari-unet segment``: segment an image file with a model and write the labels.
+
+    napari-unet segment INPUT -o OUTPUT [--model nuclei] [--axes ZYX] [--device auto] [--tile 512]
+        [--batch 4] [--overlap N] [--tta] [--precision auto] [--probabilities PATH]
+
+INPUT is a TIFF (``.tif``/``.tiff``), a zarr folder (a plain array or an OME-Zarr image, whose first
+resolution is used) or a NumPy ``.npy`` file; all are read lazily, tile by tile, so images larger than memory
+work. OUTPUT ending in ``.zarr`` is written tile by tile (use it for large images); ``.tif``/``.tiff`` and
+``.npy`` outputs are assembled in memory first. Existing outputs are only replaced with ``--overwrite``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_TIFF_LETTERS = {"T": "T", "Z": "Z", "C": "C", "S": "C", "Y": "Y", "X": "X", "I": "Z", "Q": "Z"}
+_ZARR_CHUNK = 1024  # chunk edge of zarr outputs along Y and X
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment", help="segment an image file and write its labels",
+        description="Segment a TIFF, zarr or .npy image with a U-Net model and write the labels (instance ids, "
+        "or class ids for semantic models) as TIFF, .npy or zarr. Large images are read and, with a .zarr "
+        "output, written tile by tile.")
+    parser.add_argument("input", type=Path, help="image: .tif/.tiff, .npy, or a zarr folder")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="labels file: .tif/.tiff, .npy, or .zarr (written tile by tile; best for large images)")
+    parser.add_argument("--model", default="nuclei", help="bundled or library model name, or a model folder "
+                        "(default: nuclei)")
+    parser.add_argument("--axes", default=None, help="image axes from T, Z, C, Y, X, e.g. YX, ZYX, TCZYX "
+                        "(default: from the file's metadata, else guessed from the shape)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--tile", type=int, nargs="+", default=None, metavar="N",
+                        help="largest tile, one size or one per spatial axis (default: chosen from memory)")
+    parser.add_argument("--batch", type=int, default=None, help="tiles per batch (default: chosen from memory)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="pixels dropped at inner tile edges (default: the network's reach, which is exact)")
+    parser.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="arithmetic precision (default: auto)")
+    parser.add_argument("--probabilities", type=Path, default=None, metavar="PATH",
+                        help="also write the class probabilities (float32, classes first) to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.errors import InvalidInputError
+    from napari_unet.core.inference import segment
+    from napari_unet.core.models import load_model
+
+    outputs = [p for p in (args.output, args.probabilities) if p is not None]
+    for path in outputs:
+        _check_output_path(path, args.overwrite)
+    if args.probabilities is not None and args.probabilities.resolve() == args.output.resolve():
+        raise InvalidInputError("--probabilities must name a different file than --output")
+    image, file_axes = read_image(args.input)
+    model = load_model(args.model)
+    axes = args.axes or file_axes
+    configure_cpu_threads(interactive=False)
+    tile = None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile))
+
+    from napari_unet.core.axes import Layout, resolve_axes
+
+    spatial_dims = model.config.network.spatial_dims
+    axes = resolve_axes(axes, image.shape, spatial_dims=spatial_dims, in_channels=model.config.in_channels)
+    layout = Layout.create(axes, image.shape, model.config.axes)
+    created: list[Path] = []
+    try:
+        out = _zarr_output(args.output, layout.output_shape, "int32", args.overwrite, created)
+        probabilities: Any = args.probabilities is not None
+        if args.probabilities is not None:
+            shape = (model.config.network.out_channels, *layout.output_shape)
+            array = _zarr_output(args.probabilities, shape, "float32", args.overwrite, created)
+            probabilities = True if array is None else array
+        result = segment(image, model, axes=axes, device=args.device, tile_shape=tile, overlap=args.overlap,
+                         batch_size=args.batch, progress=None if args.quiet else _Progress(),
+                         out=out, tta=args.tta, precision=args.precision, probabilities=probabilities)
+        if out is None:
+            _write_array(args.output, result.labels, result.labels_axes, args.overwrite, created)
+        if args.probabilities is not None and probabilities is True:
+            _write_array(args.probabilities, result.probabilities, "C" + result.labels_axes, args.overwrite,
+                         created)
+    except BaseException:
+        for path in created:
+            _remove(path)
+        raise
+    if not args.quiet:
+        found = f"{result.objects} objects" if result.objects is not None else f"classes {list(result.classes)}"
+        print(f"\n{args.output}: {found}; labels {tuple(result.labels.shape)} ({result.labels_axes}) in "
+              f"{result.timings['total']:.1f} s on {result.device} ({result.precision}, tiles "
+              f"{result.tile_shape} x {result.batch_size})", file=sys.stderr)
+        for message in result.messages:
+            print(f"note: {message}", file=sys.stderr)
+    return 0
+
+
+class _Progress:
+    """Prints ``done/total`` on one line of stderr, at most a few times a second."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.5 or done == total or "memory" in message:
+            self.last = now
+            print(f"\r{done}/{total} {message}".ljust(79)[:79], end="", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_image(path: Path) -> tuple[Any, str | None]:
+    """A lazily read image and its axes from the file's metadata (None where it has none)."""
+    from napari_unet.core.errors import InvalidInputError
+
+    if path.is_dir():
+        return _read_zarr(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return _read_tiff(path)
+    if suffix == ".npy":
+        import numpy as np
+
+        return np.load(path, mmap_mode="r", allow_pickle=False), None
+    raise InvalidInputError(f"{path}: unsupported image type {suffix!r}; use .tif, .tiff, .npy or a zarr folder")
+
+
+def _read_tiff(path: Path) -> tuple[Any, str | None]:
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        letters = "".join(_TIFF_LETTERS.get(a, "?") for a in series.axes)
+        multiscale = len(series.levels) > 1
+    node = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
+    array = node["0"] if multiscale else node
+    return array, letters if len(set(letters)) == len(letters) and "?" not in letters else None
+
+
+def _read_zarr(path: Path) -> tuple[Any, str | None]:
+    import zarr
+
+    from napari_unet.core.errors import InvalidInputError
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except (ValueError, OSError) as exc:  # zarr says "not found" for a folder that holds no zarr node
+        raise InvalidInputError(f"{path} is not a zarr array or group: {exc}") from None
+    if isinstance(node, zarr.Array):
+        return node, None
+    attrs = dict(node.attrs)
+    multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    if multiscales:
+        meta = multiscales[0]
+        array = node[meta["datasets"][0]["path"]]
+        names = [(a.get("name") if isinstance(a, dict) else str(a)).upper() for a in meta.get("axes", [])]
+        axes = "".join(names)
+        ok = len(axes) == array.ndim and set(axes) <= set("TZCYX") and len(set(axes)) == len(axes)
+        return array, axes if ok else None
+    arrays = [array for _, array in node.arrays() if array.ndim >= 2]
+    if len(arrays) != 1:
+        raise InvalidInputError(f"{path} is a zarr group with {len(arrays)} image arrays; pass the folder of one")
+    return arrays[0], None
+
+
+def _check_output_path(path: Path, overwrite: bool) -> None:
+    from napari_unet.core.errors import InvalidInputError
+
+    if path.suffix.lower() not in (".tif", ".tiff", ".npy", ".zarr"):
+        raise InvalidInputError(f"{path}: the output must end in .tif, .tiff, .npy or .zarr")
+    if path.exists() and not overwrite:
+        raise InvalidInputError(f"{path} exists; choose another name or pass --overwrite")
+
+
+def _zarr_output(path: Path, shape: tuple[int, ...], dtype: str, overwrite: bool, created: list[Path]) -> Any:
+    """A new zarr array at ``path`` if it ends in .zarr, else None (the result is written afterwards)."""
+    if path.suffix.lower() != ".zarr":
+        return None
+    import zarr
+
+    if overwrite and path.exists():
+        _remove(path)
+    chunks = tuple(min(n, _ZARR_CHUNK) if i >= len(shape) - 2 else 1 for i, n in enumerate(shape))
+    array = zarr.open_array(str(path), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
+    created.append(path)
+    return array
+
+
+def _write_array(path: Path, data: Any, axes: str, overwrite: bool, created: list[Path]) -> None:
+    import numpy as np
+
+    if overwrite and path.exists():
+        _remove(path)
+    created.append(path)
+    if path.suffix.lower() == ".npy":
+        np.save(path, np.asarray(data))
+        return
+    import tifffile
+
+    data = np.asarray(data)
+    tifffile.imwrite(path, data, bigtiff=data.nbytes > 2**31, compression="zlib", metadata={"axes": axes})
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

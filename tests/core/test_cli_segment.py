@@ -1,0 +1,99 @@
+"""``napari-unet segment``: files in, labels out, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_unet.cli import main
+from napari_unet.core.inference import segment
+from napari_unet.core.models import Model, ModelConfig, save_model
+from napari_unet.core.unet import UNetConfig
+
+
+@pytest.fixture
+def model():
+    """A tiny random model saved in the (test's own) library as 'tiny'."""
+    net = UNetConfig(in_channels=1, out_channels=3, depth=1, base_features=4, padding="same", norm="batch")
+    tiny = Model.from_config(ModelConfig(net), seed=0)
+    tiny.network.eval()
+    save_model(tiny, "tiny")
+    return tiny
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return (rng.random((2, 40, 52)) * 4000).astype(np.uint16)
+
+
+def expected_labels(model, image, axes):
+    torch.set_num_threads(1)
+    return segment(image, model, axes=axes, device="cpu").labels
+
+
+def test_tiff_in_tiff_out(tmp_path, model, image, capsys):
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, image, metadata={"axes": "TYX"})
+    target = tmp_path / "labels.tif"
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "--device", "cpu"]) == 0
+    labels = tifffile.imread(target)
+    np.testing.assert_array_equal(labels, expected_labels(model, image, "TYX"))
+    assert "labels (2, 40, 52) (TYX)" in capsys.readouterr().err
+
+
+def test_zarr_in_zarr_out_with_probabilities(tmp_path, model, image):
+    source = tmp_path / "image.zarr"
+    stored = zarr.open_array(str(source), mode="w", shape=image[0].shape, chunks=(16, 16), dtype=image.dtype)
+    stored[:] = image[0]
+    target, probabilities = tmp_path / "labels.zarr", tmp_path / "probabilities.zarr"
+    status = main(["segment", str(source), "-o", str(target), "--model", "tiny", "--device", "cpu", "--tile", "32",
+                   "--probabilities", str(probabilities), "--quiet"])
+    assert status == 0
+    expected = segment(image[0], model, device="cpu", tile_shape=32)
+    np.testing.assert_array_equal(zarr.open_array(str(target), mode="r")[:], expected.labels)
+    np.testing.assert_allclose(zarr.open_array(str(probabilities), mode="r")[:], expected.probabilities, atol=1e-6)
+
+
+def test_npy_with_explicit_axes(tmp_path, model, image):
+    source = tmp_path / "image.npy"
+    np.save(source, np.moveaxis(image, 0, -1))  # Y, X, 2 planes
+    target = tmp_path / "labels.npy"
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "--axes", "YXZ", "-q"]) == 0
+    expected = expected_labels(model, np.moveaxis(image, 0, -1), "YXZ")
+    np.testing.assert_array_equal(np.load(target), expected)
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, model, image, capsys):
+    source = tmp_path / "image.tif"
+    tifffile.imwrite(source, image[0])
+    target = tmp_path / "labels.tif"
+    target.write_bytes(b"precious")
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "-q"]) == 2
+    assert "exists" in capsys.readouterr().err and target.read_bytes() == b"precious"
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "-q", "--overwrite"]) == 0
+    assert tifffile.imread(target).shape == (40, 52)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "tiny", "--axes", "CYX"], "input channel"),
+    (["--model", "tiny", "--tile", "8", "9", "10"], "tile_shape"),
+    (["--model", "no-such-model"], "no-such-model"),
+])
+def test_user_errors_exit_2_with_a_message_and_leave_no_output(tmp_path, model, image, capsys, args, words):
+    source = tmp_path / "image.tif"
+    tifffile.imwrite(source, image)
+    target = tmp_path / "labels.zarr"
+    assert main(["segment", str(source), "-o", str(target), *args]) == 2
+    assert words in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_missing_input_and_bad_output_type(tmp_path, model, capsys):
+    assert main(["segment", str(tmp_path / "none.tif"), "-o", str(tmp_path / "x.tif"), "--model", "tiny"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    np.save(tmp_path / "a.npy", np.zeros((8, 8)))
+    assert main(["segment", str(tmp_path / "a.npy"), "-o", str(tmp_path / "x.png"), "--model", "tiny"]) == 2
+    assert "must end in" in capsys.readouterr().err
