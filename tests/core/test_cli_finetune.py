@@ -1,0 +1,76 @@
+"""``napari-unet finetune`` on TIFF files: trains, prints progress, saves a new version; bad input exits 2."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+from napari_unet.cli.finetune import guess_axes
+from napari_unet.core.models import Model, ModelConfig, load_model, save_model
+from napari_unet.core.unet import UNetConfig
+from napari_unet.core.versions import read_annotations
+from napari_unet.synthetic import generate_nuclei
+
+
+@pytest.fixture
+def files(tmp_path):
+    torch.set_num_threads(1)
+    network = UNetConfig(depth=2, base_features=4, padding="same", norm="batch", out_channels=3,
+                         upsampling="bilinear")
+    save_model(Model.from_config(ModelConfig(network), seed=0), "nuclei")
+    paths = {}
+    for index in range(2):
+        image, labels = generate_nuclei((48, 48), "dense", seed=index)
+        paths[f"image{index}"] = tmp_path / f"image{index}.tif"
+        paths[f"labels{index}"] = tmp_path / f"labels{index}.tif"
+        tifffile.imwrite(paths[f"image{index}"], image)
+        tifffile.imwrite(paths[f"labels{index}"], labels)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[:, :30] = 1
+    paths["mask"] = tmp_path / "mask.tif"
+    tifffile.imwrite(paths["mask"], mask)
+    return paths
+
+
+def test_finetune_on_tiff_pairs_saves_the_next_version(files, capsys):
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+                 "--image", str(files["image1"]), "--labels", str(files["labels1"]), "--steps", "3",
+                 "--batch-size", "2", "--validation-fraction", "0", "--seed", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "pair 2: image1.tif (48, 48) axes YX" in out
+    assert "trained 3 steps" in out and "saved nuclei-v2 at" in out
+    tuned = load_model("nuclei-v2")
+    assert tuned.config.provenance["parent"] == "nuclei" and tuned.config.provenance["seed"] == 4
+    assert len(read_annotations(tuned)) == 2
+
+
+def test_masks_and_an_output_name(files, capsys):
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+                 "--mask", str(files["mask"]), "--steps", "2", "--batch-size", "2", "--output", "mine"])
+    assert code == 0 and "saved mine at" in capsys.readouterr().out
+    (_, annotated, _), = read_annotations(load_model("mine"))
+    assert annotated[:, :30].all() and not annotated[:, 30:].any()
+
+
+def test_bad_input_exits_with_status_2_and_a_message(files, tmp_path, capsys):
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--image", str(files["image1"]),
+                 "--labels", str(files["labels0"]), "--steps", "1"])
+    assert code == 2 and "one labels file per image" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "float.tif", np.ones((48, 48), np.float32))
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels",
+                 str(tmp_path / "float.tif"), "--steps", "1"])
+    assert code == 2 and "integers" in capsys.readouterr().err
+    code = main(["finetune", "--model", "nuclei", "--image", str(tmp_path / "none.tif"), "--labels",
+                 str(files["labels0"]), "--steps", "1"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_axes_are_guessed_from_the_shapes():
+    assert guess_axes((64, 64), (64, 64), "YX", 1) == "YX"
+    assert guess_axes((5, 64, 64), (5, 64, 64), "YX", 1) == "ZYX"
+    assert guess_axes((64, 64, 3), (64, 64), "YX", 3) == "YXC"
+    assert guess_axes((2, 64, 64), (64, 64), "YX", 2) == "CYX"
+    assert guess_axes((5, 2, 64, 64), (5, 64, 64), "ZYX", 2) == "ZCYX"
