@@ -99,7 +99,7 @@ def test_cancel_stops_within_a_batch_and_marks_the_layer_partial(qtbot, viewer, 
     with qtbot.waitSignal(segment_widget.run_finished, timeout=60_000) as blocker:
         qtbot.mouseClick(segment_widget.run_button, Qt.MouseButton.LeftButton)
         assert segment_widget.run_button.text() == "Cancel"
-        qtbot.waitUntil(lambda: segment_widget.progress_bar.value() >= 10, timeout=30_000)  # some blocks labelled
+        qtbot.waitUntil(lambda: segment_widget.progress_bar.done >= 10, timeout=30_000)  # some blocks labelled
         qtbot.mouseClick(segment_widget.run_button, Qt.MouseButton.LeftButton)
     assert blocker.args == ["cancelled"]
     assert slow_core["after_cancel"] <= 1, "the run stops at the next tile batch"
@@ -129,7 +129,7 @@ def test_removing_the_source_layer_stops_the_run(qtbot, viewer, segment_widget, 
     segment_widget.batch_spin.setValue(1)
     with qtbot.waitSignal(segment_widget.run_finished, timeout=60_000) as blocker:
         segment_widget.run_button.click()
-        qtbot.waitUntil(lambda: segment_widget.progress_bar.value() >= 1, timeout=30_000)
+        qtbot.waitUntil(lambda: segment_widget.progress_bar.done >= 1, timeout=30_000)
         viewer.layers.remove(source)
     assert blocker.args == ["cancelled"]
     assert any(severity == "warning" and "image layer 'cells' was removed" in text for severity, text in notes)
@@ -263,3 +263,14 @@ def test_probability_layers(qtbot, viewer, segment_widget, nuclei, run_segment):
     interior = viewer.layers["cells P(interior)"]
     assert interior.data.shape == nuclei[0].shape and 0 <= interior.data.min() <= interior.data.max() <= 1
     assert "cells P(boundary)" in viewer.layers
+
+
+def test_output_widens_past_65535_objects_without_counting_as_an_edit():
+    from napari_unet.widgets._layers import OUTPUT_DTYPE, fit_labels_dtype, mark_output
+
+    layer = Labels(np.zeros((4, 4), OUTPUT_DTYPE))
+    mark_output(layer, "cells", "tiny")
+    fit_labels_dtype(layer, 65535)
+    assert layer.data.dtype == OUTPUT_DTYPE
+    fit_labels_dtype(layer, 70_000)
+    assert layer.data.dtype == np.int32 and not is_edited(layer)

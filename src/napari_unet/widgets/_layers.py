@@ -11,10 +11,12 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from qtpy.QtWidgets import QComboBox, QWidget
 
 META_KEY = "napari_unet"
 _EDITED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+OUTPUT_DTYPE = np.uint16  # see fit_labels_dtype
 _LABEL_ALIASES = {"t": "T", "time": "T", "z": "Z", "depth": "Z", "c": "C", "channel": "C", "channels": "C",
                   "y": "Y", "x": "X"}
 
@@ -80,6 +82,21 @@ def mark_output(layer: Any, source: str, model: str) -> None:
 
     layer.events.paint.connect(edited)
     layer.events.data.connect(edited)
+
+
+def fit_labels_dtype(layer: Any, largest: int) -> None:
+    """Widen an output layer's integer type (uint16 -> int32) when ``largest`` does not fit; keeps the edit flag.
+
+    Output layers start as uint16 because napari shows 8- and 16-bit labels without converting every pixel
+    (a 2048 x 2048 int32 layer costs several hundred milliseconds more to create and redraw); the rare result
+    with more than 65535 objects gets the wider type when it arrives.
+    """
+    if largest <= np.iinfo(layer.data.dtype).max:
+        return
+    edited = is_edited(layer)
+    layer.data = np.asarray(layer.data).astype(np.int32)
+    if layer in _EDITED:
+        _EDITED[layer] = edited
 
 
 def is_edited(layer: Any) -> bool:

@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -34,7 +33,7 @@ from superqt import QCollapsible
 from napari_unet.widgets._layers import LayerPicker, infer_axes, output_record
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
-from napari_unet.widgets._progress import RunProgress, format_seconds
+from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._workers import Outcome, explain, start_worker
@@ -124,8 +123,7 @@ class FinetuneWidget(QWidget):
 
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(self._on_button)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setFormat("")
+        self.progress_bar = ProgressLine()
         self.plot = LossPlot()
         self.status = QLabel("Correct a segmentation with napari's paint tools, add the image and labels as a "
                              "pair, then press Fine-tune.")
@@ -271,8 +269,7 @@ class FinetuneWidget(QWidget):
         run["worker"] = start_worker(lambda: _finetune_steps(model_path, samples, token, options),
                                      lambda event: self._on_event(run, event))
         self.run_button.setText("Stop")
-        self.progress_bar.setRange(0, 0)
-        self.progress_bar.setFormat("preparing the training data...")
+        self.progress_bar.set_progress(0, 0, "preparing the training data...")
         self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s); you can go on painting.")
 
     def stop(self) -> None:
@@ -306,11 +303,10 @@ class FinetuneWidget(QWidget):
         if event.total_steps:
             fraction = max(fraction, event.step / event.total_steps)
         run["progress"].update_to(min(fraction, 1.0) * 1000, 1000)
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setValue(int(min(fraction, 1.0) * 1000))
         left = event.time_left_s
         steps = f"step {event.step}" + (f" / {event.total_steps}" if event.total_steps else "")
-        self.progress_bar.setFormat(steps + (f", {format_seconds(left)} left" if left is not None else ""))
+        remaining = f", {format_seconds(left)} left" if left is not None else ""
+        self.progress_bar.set_progress(min(fraction, 1.0), 1.0, steps + remaining)
         if event.message:
             self.status.setText(event.message)
 
@@ -319,20 +315,17 @@ class FinetuneWidget(QWidget):
         self._run = None
         self.run_button.setText("Fine-tune")
         self.run_button.setEnabled(True)
-        self.progress_bar.setRange(0, 1)
         status = outcome.status
         if status == "failed":
             print(outcome.details, file=sys.stderr)
             message = explain(outcome.error, "Fine-tuning")
             show_error(message)
-            self.progress_bar.setValue(0)
-            self.progress_bar.setFormat("failed")
+            self.progress_bar.set_progress(0, 1, "failed")
         elif outcome.value is None:
             status = "cancelled"
             message = "Stopped before the first training step; no model was saved."
             show_info(message)
-            self.progress_bar.setValue(0)
-            self.progress_bar.setFormat("stopped")
+            self.progress_bar.set_progress(0, 1, "stopped")
         else:
             path, metrics = outcome.value
             self.saved_path = path
@@ -346,8 +339,7 @@ class FinetuneWidget(QWidget):
             message = (f"{early} as '{path.name}'{score}, fine-tuned from {run['base']}. It is selected in the "
                        "Segment widget: press 'Segment again' to see it work.")
             show_info(message)
-            self.progress_bar.setValue(1)
-            self.progress_bar.setFormat("done")
+            self.progress_bar.set_progress(1, 1, "done")
         self.status.setText(message)
         self.run_finished.emit(status)
 

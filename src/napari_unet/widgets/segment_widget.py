@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -33,7 +32,9 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_unet.widgets._layers import (
+    OUTPUT_DTYPE,
     LayerPicker,
+    fit_labels_dtype,
     geometry_kwargs,
     infer_axes,
     mark_output,
@@ -42,7 +43,7 @@ from napari_unet.widgets._layers import (
 )
 from napari_unet.widgets._live import LiveLabels
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
-from napari_unet.widgets._progress import RunProgress, format_seconds
+from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
 from napari_unet.widgets._workers import Outcome, explain, start_worker
@@ -126,9 +127,7 @@ class SegmentWidget(QWidget):
 
         self.run_button = QPushButton("Segment")
         self.run_button.clicked.connect(self._on_button)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setTextVisible(True)
-        self.progress_bar.setFormat("")
+        self.progress_bar = ProgressLine()
         self.status = QLabel("Choose an image and a model, then press Segment.")
         self.status.setWordWrap(True)
 
@@ -274,8 +273,7 @@ class SegmentWidget(QWidget):
         run.worker = start_worker(lambda: _segment_steps(crop, model_path, token, options),
                                   lambda event: self._on_event(run, event))
         self.run_button.setText("Cancel")
-        self.progress_bar.setRange(0, 0)
-        self.progress_bar.setFormat("loading the model...")
+        self.progress_bar.set_progress(0, 0, "loading the model...")
         self.status.setText(f"Segmenting {layer.name} ({scope.description}) with {model_path.name}...")
 
     def _refuse(self, message: str) -> None:
@@ -321,7 +319,7 @@ class SegmentWidget(QWidget):
             layer.name = f"{source.name} labels"
             layer.refresh()
             return layer, False
-        layer = self.viewer.add_labels(np.zeros(out_shape, dtype=np.int32), name=f"{source.name} labels",
+        layer = self.viewer.add_labels(np.zeros(out_shape, dtype=OUTPUT_DTYPE), name=f"{source.name} labels",
                                        **geometry_kwargs(source, axes))
         mark_output(layer, source.name, model_name)
         return layer, True
@@ -336,9 +334,8 @@ class SegmentWidget(QWidget):
             return
         run.progress.update_to(event.done, event.total)
         left = run.progress.time_left()
-        self.progress_bar.setRange(0, max(int(event.total), 1))
-        self.progress_bar.setValue(int(event.done))
-        self.progress_bar.setFormat(f"%v / %m tiles{f', {format_seconds(left)} left' if left else ''}")
+        remaining = f", {format_seconds(left)} left" if left else ""
+        self.progress_bar.set_progress(event.done, event.total, f"{event.done} / {event.total} tiles{remaining}")
         if event.message:
             self.status.setText(event.message)
         if run.output in self.viewer.layers and event.preview is not None:
@@ -359,7 +356,9 @@ class SegmentWidget(QWidget):
         output_alive = run.output in self.viewer.layers
         if outcome.status == "done" and output_alive and not run.stop_reason:
             result = outcome.value
-            run.live.write(run.scope.output_index, np.asarray(result.labels))
+            labels = np.asarray(result.labels)
+            fit_labels_dtype(run.output, int(labels.max(initial=0)))
+            run.live.write(run.scope.output_index, labels)
             run.output.metadata["napari_unet"]["partial"] = False
             if run.probabilities and getattr(result, "probabilities", None) is not None:
                 self._show_probabilities(run, result)
@@ -419,9 +418,7 @@ class SegmentWidget(QWidget):
             self._run = None
         self.run_button.setText("Segment")
         self.run_button.setEnabled(True)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1 if status == "done" else 0)
-        self.progress_bar.setFormat("done" if status == "done" else status)
+        self.progress_bar.set_progress(status == "done", 1, status)
         self.status.setText(message)
         self.run_finished.emit(status)
 
