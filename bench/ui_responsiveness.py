@@ -1,0 +1,145 @@
+"""Does the viewer stay responsive while the Segment widget works? A heartbeat measures the event loop.
+
+A 10 ms QTimer runs on napari's main thread while the Segment widget segments a 2048 x 2048 generated nuclei
+image (the button is clicked, the run ends with its ``run_finished`` signal). Every gap between two heartbeats
+beyond 10 ms is time the GUI could not react. The table gives the worst and the 99th-percentile gap, per torch
+thread count (``NAPARI_UNET_THREADS``; "auto" is what the plugin does: all cores but one), for the whole run
+and for its three phases: *start* (the click: output layer and napari's activity-panel bar are created, the
+worker loads the model), *tiles* (from the first tile event to the last), *finish* (the final labels are
+copied and redrawn). Target: worst gap under 50 ms on a 2-core CPU while the tiles run.
+
+Run under a display or a virtual one:
+
+    xvfb-run -a python bench/ui_responsiveness.py [--size 2048] [--threads auto,1,2] [--model nuclei]
+
+The model is the bundled ``nuclei`` model when it is installed, else a randomly initialised U-Net of the same
+kind (the speed of a forward pass does not depend on the weights).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=2048, help="image edge in pixels (default 2048)")
+    parser.add_argument("--threads", default="auto,1", help="comma-separated torch thread counts ('auto' = the "
+                        "plugin's default)")
+    parser.add_argument("--model", default=None, help="model name or folder (default: 'nuclei' if installed)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per thread count")
+    return parser.parse_args()
+
+
+def pick_model(requested: str | None) -> str:
+    from napari_unet.core.library import list_models
+
+    if requested:
+        return requested
+    if any(info.name == "nuclei" for info in list_models()):
+        return "nuclei"
+    os.environ.setdefault("NAPARI_UNET_HOME", tempfile.mkdtemp(prefix="napari-unet-bench-"))
+    from napari_unet.core.models import Model, ModelConfig, save_model
+    from napari_unet.core.unet import UNetConfig
+
+    network = UNetConfig(out_channels=3, depth=3, base_features=16, padding="same", norm="batch")
+    save_model(Model.from_config(ModelConfig(network, description="random weights, bench only"), seed=0),
+               "bench-unet", overwrite=True)
+    print("note: the bundled 'nuclei' model is not installed; using a random U-Net (depth 3, 16 features)")
+    return "bench-unet"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def cell(result: dict[str, float], phase: str) -> str:
+    return f"{result[phase]:.0f} ({result[phase + ' p99']:.0f})"
+
+
+def main() -> int:
+    args = parse_args()
+    model = pick_model(args.model)
+
+    import napari
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from napari_unet.synthetic import generate_nuclei
+    from napari_unet.widgets.segment_widget import SegmentWidget
+
+    image, _ = generate_nuclei((args.size, args.size), seed=0)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    widget.select_model(model)
+
+    beats: list[float] = []
+    heartbeat = QTimer()
+    heartbeat.setInterval(10)
+    heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
+
+    def measure(threads: str) -> dict[str, float]:
+        if threads == "auto":
+            os.environ.pop("NAPARI_UNET_THREADS", None)
+        else:
+            os.environ["NAPARI_UNET_THREADS"] = threads
+        done: list[str] = []
+        events: list[float] = []  # arrival times of the worker's events on the main thread
+        loop = QEventLoop()
+        widget.run_finished.connect(done.append)
+        widget.run_finished.connect(loop.quit)
+        original = widget._on_event
+
+        def timed(run: object, event: object) -> None:
+            events.append(time.perf_counter())
+            original(run, event)
+
+        widget._on_event = timed
+        beats.clear()
+        heartbeat.start()
+        started = time.perf_counter()
+        beats.append(started)
+        widget.run_button.click()
+        loop.exec()
+        ended = time.perf_counter()
+        beats.append(ended)
+        heartbeat.stop()
+        widget.run_finished.disconnect()
+        del widget._on_event
+        if done[0] != "done":
+            raise SystemExit(f"the run ended with {done[0]}: {widget.status.text()}")
+        phases = {"all": (started, ended), "start": (started, events[0]), "tiles": (events[0], events[-1]),
+                  "finish": (events[-1], ended)}
+        result = {"seconds": ended - started}
+        for name, (low, high) in phases.items():
+            gaps = [(b - a) * 1000 for a, b in zip(beats, beats[1:]) if low <= b and a <= high]
+            result[name] = max(gaps, default=0.0)
+            result[f"{name} p99"] = percentile(gaps, 99) if gaps else 0.0
+        return result
+
+    # a warm-up run loads the model and lets torch allocate, as a user's first run would; it is reported too
+    auto = max(1, (os.cpu_count() or 1) - 1)
+    rows = [(f"warm-up: auto ({auto})", measure("auto"))]
+    for threads in (t.strip() for t in args.threads.split(",")):
+        for _ in range(args.repeats):
+            rows.append((f"auto ({auto})" if threads == "auto" else threads, measure(threads)))
+    viewer.close()
+
+    print(f"\nUI responsiveness: Segment widget on a {args.size} x {args.size} image, model {model!r}, "
+          f"{os.cpu_count()} CPU cores, 10 ms heartbeat")
+    print("gaps between heartbeats in ms: worst (99th percentile)")
+    print(f"{'torch threads':<22}{'run s':>7}{'whole run':>16}{'start':>16}{'tiles':>16}{'finish':>16}")
+    for label, r in rows:
+        cells = "".join(f"{cell(r, phase):>16}" for phase in ("all", "start", "tiles", "finish"))
+        print(f"{label:<22}{r['seconds']:>7.1f}{cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

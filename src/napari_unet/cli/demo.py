@@ -1,0 +1,117 @@
+"""``napari-unet demo``: napari with the sample image, the default model selected and both widgets docked.
+
+With ``--screenshot PATH`` the demo presses Segment itself, waits for the labels, saves a PNG of the whole
+window and exits (it works under a virtual display such as ``xvfb-run``), which is how the README's pictures
+are made and how a machine without a screen can check that the plugin works end to end. ``--finetune
+SECONDS`` also fine-tunes on the sample's ground truth and segments again before the picture is taken.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DEFAULT_MODEL = "nuclei"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="open napari with sample data, the default model and the plugin's widgets",
+        description="Open napari with a generated nuclei image, the default model selected and the Segment and "
+        "Fine-tune widgets docked. With --screenshot, segment, save the window as a PNG and exit.")
+    parser.add_argument("--screenshot", metavar="PATH", help="segment, save a PNG of the window to PATH and exit")
+    parser.add_argument("--model", help=f"model name or folder to select (default: {DEFAULT_MODEL!r} when "
+                        "installed, else the first model of the library)")
+    parser.add_argument("--sample", choices=("2d", "3d"), default="2d", help="the sample image (default: 2d)")
+    parser.add_argument("--finetune", type=float, metavar="SECONDS", default=0.0,
+                        help="with --screenshot: after segmenting, fine-tune for SECONDS on the sample's ground "
+                        "truth and segment again")
+    parser.add_argument("--size", default="1400x900", metavar="WxH", help="window size (default: 1400x900)")
+    parser.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="with --screenshot: give up (exit status 1) after this long (default: 900)")
+    parser.set_defaults(run=run)
+
+
+def choose_model(requested: str | None) -> tuple[str, str]:
+    """(model name or path, a sentence saying which model the demo uses and why)."""
+    from napari_unet.core.errors import ModelFileError
+    from napari_unet.core.library import list_models, resolve_model_folder
+
+    if requested:
+        folder = resolve_model_folder(requested)
+        return str(folder), f"using the model '{folder.name}' ({folder})"
+    models = list_models()
+    for info in models:
+        if info.name == DEFAULT_MODEL:
+            return str(info.path), f"using the {info.source} model '{DEFAULT_MODEL}'"
+    if not models:
+        raise ModelFileError(f"there is no model to demonstrate: the bundled '{DEFAULT_MODEL}' model is not "
+                             "installed and the library is empty. Reinstall napari-unet, or pass --model PATH")
+    info = models[0]
+    return str(info.path), (f"the bundled '{DEFAULT_MODEL}' model is not installed; using the {info.source} "
+                            f"model '{info.name}' instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, note = choose_model(args.model)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    print(f"napari-unet demo: {note}", file=sys.stderr)
+
+    import napari
+
+    viewer = napari.Viewer(title="napari-unet demo")
+    viewer.window.resize(width, height)
+    viewer.open_sample("napari-unet", f"nuclei_{args.sample}")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    image = viewer.layers[0]
+    segment.image_picker.set_layer(image)
+    segment.select_model(model)
+    finetune.model_picker.select(model)
+    segment.status.setText(f"Demo: {note}. Press Segment.")
+    if not args.screenshot:
+        napari.run()
+        return 0
+    return _screenshot(napari, viewer, segment, finetune, image, args)
+
+
+def _screenshot(napari: Any, viewer: Any, segment: Any, finetune: Any, image: Any, args: argparse.Namespace) -> int:
+    """Segment (and fine-tune and segment again), save the window, close; the exit status says if all went well."""
+    from qtpy.QtCore import QTimer
+
+    outcome = {"status": "timed out"}
+    steps = ["segment"] + (["finetune", "segment"] if args.finetune else [])
+
+    def next_step(status: str = "done") -> None:
+        if status != "done":
+            return finish(status)
+        if not steps:
+            return finish("done")
+        step = steps.pop(0)
+        if step == "segment":
+            segment.segment()
+            started = segment.running
+        else:
+            finetune.add_pair(image, viewer.layers[f"{image.name} ground truth"])
+            finetune.budget_spin.setValue(max(5, int(args.finetune)))
+            finetune.start()
+            started = finetune.running
+        if not started:  # refused; the widget's status line says why
+            finish("failed")
+
+    def finish(status: str) -> None:
+        if outcome.get("finished"):
+            return
+        outcome.update(status=status, finished=True)
+        segment.cancel("the demo timed out")  # no-ops unless a run is still going
+        finetune.stop()
+        viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
+        print(f"napari-unet demo: {status}; saved {args.screenshot}", file=sys.stderr)
+        viewer.close()
+
+    segment.run_finished.connect(next_step)
+    finetune.run_finished.connect(next_step)
+    QTimer.singleShot(300, next_step)
+    QTimer.singleShot(int(args.timeout * 1000), lambda: finish("timed out"))
+    napari.run()
+    return 0 if outcome["status"] == "done" else 1
