@@ -7,6 +7,7 @@ from qtpy.QtCore import Qt
 
 from napari_unet.core.library import library_dir
 from napari_unet.core.versions import read_annotations
+from napari_unet.widgets._layers import output_record
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets.finetune_widget import FinetuneWidget
 
@@ -59,6 +60,11 @@ def test_finetune_runs_end_to_end_and_selects_the_new_version(qtbot, viewer, seg
     (trained_labels, _, axes), = read_annotations(saved)
     np.testing.assert_array_equal(trained_labels, labels)
     assert axes == "YX"
+
+    with qtbot.waitSignal(segment_widget.run_finished, timeout=30_000) as segmented:
+        qtbot.mouseClick(finetune_widget.segment_again_button, Qt.MouseButton.LeftButton)
+    assert segmented.args == ["done"]
+    assert output_record(viewer.layers["cells labels"])["model"] == "tiny-v2"
 
 
 def test_plot_is_drawn(qtbot, finetune_widget):

@@ -59,7 +59,6 @@ class _Run:
     output: Any  # the Labels layer being filled
     created: bool  # the run made the output layer (rather than reusing the plugin's previous one)
     scope: Scope
-    model_name: str
     cancel: Any  # CancelToken
     progress: RunProgress
     live: LiveLabels
@@ -258,7 +257,7 @@ class SegmentWidget(QWidget):
         output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name)
         token = CancelToken()
         progress = RunProgress(f"Segmenting {layer.name}", cancel_callback=lambda: self.cancel("cancelled"))
-        run = _Run(layer, output, created, scope, model_path.name, token, progress, LiveLabels(output, self),
+        run = _Run(layer, output, created, scope, token, progress, LiveLabels(output, self),
                    self.probabilities_check.isChecked())
         self._run = run
         options = {
@@ -394,12 +393,9 @@ class SegmentWidget(QWidget):
         run.output.refresh()
 
     def _show_probabilities(self, run: _Run, result: Any) -> None:
-        """One image layer per foreground class, replacing this image's previous probability layers."""
-        from napari_unet.core.library import read_config_json
-
+        """One image layer per foreground class under the labels, replacing this image's previous ones."""
         probabilities = np.asarray(result.probabilities)
-        path = self.model_picker.model_path
-        classes = read_config_json(path / "config.json").get("classes", []) if path else []
+        classes = list(result.classes)
         kwargs = geometry_kwargs(run.output)
         for index in range(1, probabilities.shape[0]):
             name = f"{run.source.name} P({classes[index] if index < len(classes) else index})"
@@ -407,8 +403,9 @@ class SegmentWidget(QWidget):
             full[run.scope.output_index] = probabilities[index].reshape(full[run.scope.output_index].shape)
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-            self.viewer.add_image(full, name=name, colormap="magma", contrast_limits=(0, 1), blending="additive",
-                                  visible=False, **kwargs)
+            layer = self.viewer.add_image(full, name=name, colormap="magma", contrast_limits=(0, 1),
+                                          blending="additive", **kwargs)
+            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(run.output))
 
     def _end(self, run: _Run, status: str, message: str) -> None:
         run.progress.close()
