@@ -140,14 +140,9 @@ class _Run:
             raise InvalidInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.precision, self.tta = precision, bool(tta)
         self.tiles_given = _check_tile_shape(tile_shape, self.net_config.spatial_dims)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
-            raise InvalidInputError(f"batch_size must be a positive integer, not {batch_size!r}")
-        self.batch_given = batch_size
+        self.batch_given = _check_count("batch_size", batch_size, 1)
+        overlap = _check_count("overlap", overlap, 0)
         self.messages: list[str] = []
-        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer))
-                                    or overlap < 0):
-            raise InvalidInputError(f"overlap must be a number of pixels >= 0, not {overlap!r}")
         if overlap is not None and self.net_config.padding == "valid":
             self.messages.append("overlap ignored: a valid-padding network needs none, its tiles are exact")
             overlap = None
@@ -213,13 +208,16 @@ class _Run:
                                 self.plan.tile_shape, self.plan.mode, self.normalize) for p, t in chunk]
             self.timings["read"] += time.perf_counter() - t0
             t0 = time.perf_counter()
+            failure = None
             try:
                 outputs = self.network(np.stack([tile.data for tile in inputs]))
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
+                failure = str(exc)  # the exception (and the tensors its traceback holds) goes out of scope here
+            if failure is not None:
                 del inputs
-                note, replan = self._fall_back(exc, len(chunk))
+                note, replan = self._fall_back(failure, len(chunk))
                 self.messages.append(note)
                 yield self._event(note, [])
                 if replan:
@@ -286,7 +284,7 @@ class _Run:
         self.plan = plan_tiles(self.net_config, self.layout.spatial_shape, self.tiles, self.overlap)
         raise _Replan(p)
 
-    def _fall_back(self, exc: BaseException, attempted: int) -> tuple[str, bool]:
+    def _fall_back(self, failure: str, attempted: int) -> tuple[str, bool]:
         """Make the next attempt use less memory; return what was done and whether tiles must be replanned."""
         self.network.free()
         where = str(self.network.device)
@@ -304,7 +302,7 @@ class _Run:
                                                              self.network.half)
             return f"out of memory on {where} even with small tiles; continuing on the CPU", True
         raise MemoryError(f"not enough memory to segment even with one tile of {self.plan.tile_shape} per batch; "
-                          f"close other programs or use a smaller model ({exc})") from None
+                          f"close other programs or use a smaller model ({failure})")
 
     def _smaller_tiles(self) -> tuple[int, ...] | None:
         """About half the longest side of the tiles in use, if the network can still be tiled that way."""
@@ -384,6 +382,14 @@ def _check_image(image: Any) -> Any:
     if any(int(n) == 0 for n in image.shape):
         raise InvalidInputError(f"the image is empty (shape {tuple(image.shape)}); nothing to segment")
     return image
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidInputError(f"{name} must be a whole number >= {minimum} (or None for automatic), not {value!r}")
+    return int(value)
 
 
 def _check_tile_shape(tile_shape: int | Sequence[int] | None, dims: int) -> tuple[int, ...] | None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from napari_unet.core.unet import UNetConfig
+from napari_unet.core.unet import UNet, UNetConfig
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -43,7 +43,7 @@ class Network:
         self.autocast = autocast_dtype(device, precision)
         self.half = self.autocast is not None
         self.precision_name = str(self.autocast).replace("torch.", "") if self.half else "float32"
-        net = fold_batchnorm(copy.deepcopy(network).eval())
+        net = fold_batchnorm(_cpu_copy(network).eval())
         self.spatial_dims = _spatial_dims(net)
         self.memory_format = None
         if device.type in ("cpu", "cuda"):
@@ -78,6 +78,15 @@ class Network:
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
             torch.mps.empty_cache()
+
+
+def _cpu_copy(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` on the CPU, made without allocating on the device it may live on (which may be full)."""
+    if isinstance(network, UNet):
+        clone = UNet(network.config)
+        clone.load_state_dict(network.state_dict())
+        return clone
+    return copy.deepcopy(network).cpu()
 
 
 def _spatial_dims(net: nn.Module) -> int:

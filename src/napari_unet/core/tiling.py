@@ -282,23 +282,22 @@ def read_tile(view: Any, start: Sequence[int], shape: Sequence[int], mode: str, 
     if mode == "zeros":
         lo = [max(s, 0) for s in start]
         hi = [min(s + t, n) for s, t, n in zip(start, shape, spatial)]
-        raw = view[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]
+        raw = np.asarray(view[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))])
+        bad_raw, low, high = _inspect(raw)
         data = np.zeros((raw.shape[0], *shape), dtype=np.float32)
         inner = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
         data[(slice(None),) + inner] = normalize(raw)
-        bad_raw = _non_finite(raw)
         bad = None
         if bad_raw is not None:
             bad = np.zeros(tuple(shape), dtype=bool)
             bad[inner] = bad_raw
     else:
         index = [_reflect(np.arange(s, s + t), n) for s, t, n in zip(start, shape, spatial)]
-        raw = view[(slice(None),) + tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)]
+        raw = np.asarray(view[(slice(None),) + tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)])
+        bad_raw, low, high = _inspect(raw)
         take = np.ix_(*[i - i.min() for i in index])
         data = normalize(raw)[(slice(None),) + take]
-        bad_raw = _non_finite(raw)
         bad = None if bad_raw is None else bad_raw[take]
-    low, high = _finite_range(raw)
     return TileInput(np.ascontiguousarray(data, dtype=np.float32), bad, low, high)
 
 
@@ -311,26 +310,13 @@ def _reflect(index: np.ndarray, n: int) -> np.ndarray:
     return np.where(folded < n, folded, period - folded)
 
 
-def _non_finite(raw: np.ndarray) -> np.ndarray | None:
-    if raw.dtype.kind not in "fc":
-        return None
-    finite = np.isfinite(raw)
-    if finite.all():
-        return None
-    return ~finite.all(axis=0)
-
-
-def _finite_range(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _inspect(raw: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Where a (C, ...) block is NaN or Inf in any channel (None if nowhere), and each channel's finite range."""
     flat = raw.reshape(raw.shape[0], -1)
-    if flat.shape[1] == 0:
-        return np.full(raw.shape[0], np.inf), np.full(raw.shape[0], -np.inf)
-    if raw.dtype.kind in "fc" and not np.isfinite(flat).all():
-        masked = np.where(np.isfinite(flat), flat, np.nan)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                low, high = np.nanmin(masked, axis=1), np.nanmax(masked, axis=1)
-        return np.nan_to_num(low, nan=np.inf), np.nan_to_num(high, nan=-np.inf)
-    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+    if raw.dtype.kind == "f":
+        finite = np.isfinite(flat)
+        if not finite.all():
+            low = np.array([f[ok].min() if ok.any() else np.inf for f, ok in zip(flat, finite)], dtype=np.float64)
+            high = np.array([f[ok].max() if ok.any() else -np.inf for f, ok in zip(flat, finite)], dtype=np.float64)
+            return ~finite.all(axis=0).reshape(raw.shape[1:]), low, high
+    return None, flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
