@@ -304,6 +304,14 @@ def test_tiles_too_small_for_the_networks_reach_are_refused():
         segment(np.zeros((100, 100), np.float32), random_model(), tile_shape=40, device="cpu")
 
 
+def test_outputs_too_large_for_memory_ask_for_zarr(monkeypatch):
+    monkeypatch.setattr(inference, "physical_memory", lambda: 4 * 64 * 64 * 4)  # room for labels, not probabilities
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match="probabilities=False"):
+        segment(image, random_model(), device="cpu")
+    assert segment(image, random_model(), device="cpu", probabilities=False).labels.shape == (64, 64)
+
+
 def test_not_a_model_is_refused():
     with pytest.raises(InvalidInputError, match="load_model"):
         segment(np.zeros((8, 8)), object())

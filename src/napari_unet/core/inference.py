@@ -30,7 +30,14 @@ from napari_unet.core.cancel import raise_if_cancelled
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.postprocess import InstanceLabeller, Region, SemanticLabeller, clear, fill
-from napari_unet.core.runner import PRECISIONS, Network, auto_batch_size, auto_tile_shape, is_out_of_memory
+from napari_unet.core.runner import (
+    PRECISIONS,
+    Network,
+    auto_batch_size,
+    auto_tile_shape,
+    is_out_of_memory,
+    physical_memory,
+)
 from napari_unet.core.tiling import TilePlan, boundary_margin, plan_tiles, read_tile
 
 ProgressCallback = Callable[[int, int, str], Any]
@@ -403,9 +410,18 @@ def _check_tile_shape(tile_shape: int | Sequence[int] | None, dims: int) -> tupl
     return tuple(int(s) for s in sizes)
 
 
+def _allocate(shape: tuple[int, ...], dtype: Any, what: str, instead: str) -> np.ndarray:
+    """A zeroed numpy output, unless it would take more than a quarter of this machine's memory."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size > physical_memory() // 4:
+        raise InvalidInputError(f"the {what} of this image would take {size / 2**30:.1f} GiB of memory; {instead}")
+    return np.zeros(shape, dtype=dtype)
+
+
 def _labels_array(out: Any, layout: Layout) -> Any:
     if out is None:
-        return np.zeros(layout.output_shape, dtype=np.int32)
+        return _allocate(layout.output_shape, np.int32, "labels",
+                         "pass out= a zarr array (zarr.open_array(path, mode='w', shape=..., dtype='int32'))")
     if tuple(out.shape) != layout.output_shape:
         raise InvalidInputError(f"out has shape {tuple(out.shape)} but the labels of this image (axes "
                                 f"{layout.output_axes!r}) have shape {layout.output_shape}")
@@ -419,7 +435,8 @@ def _probabilities_array(probabilities: bool | Any, layout: Layout, classes: int
         return None
     shape = (classes, *layout.output_shape)
     if probabilities is True:
-        return np.zeros(shape, dtype=np.float32)
+        return _allocate(shape, np.float32, "probabilities",
+                         "pass probabilities=False, or a zarr array of shape (classes, *labels shape) to write into")
     if tuple(probabilities.shape) != shape:
         raise InvalidInputError(f"the probabilities array has shape {tuple(probabilities.shape)}; this image and "
                                 f"model need {shape} (classes, then axes {layout.output_axes!r})")

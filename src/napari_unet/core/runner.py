@@ -219,11 +219,12 @@ def _device_budget(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * GPU_SHARE)
     if device.type == "cpu":
-        return min(CPU_BUDGET_BYTES, _physical_memory() // 8)
+        return min(CPU_BUDGET_BYTES, physical_memory() // 8)
     return CPU_BUDGET_BYTES
 
 
-def _physical_memory() -> int:
+def physical_memory() -> int:
+    """Bytes of RAM in this machine (8 GiB where the system does not say)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
