@@ -41,6 +41,8 @@ def slow_core(monkeypatch):
                 __import__("time").sleep(0.05)
         except StopIteration as stop:
             return stop.value
+        finally:
+            stats["ended"] = True
 
     monkeypatch.setattr(inference, "segment_steps", paced)
     return stats
@@ -107,6 +109,18 @@ def test_cancel_stops_within_a_batch_and_marks_the_layer_partial(qtbot, viewer, 
     partial = [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert len(partial) == 1 and partial[0].name.endswith("(partial)") and output_record(partial[0])["partial"]
     assert segment_widget.run_button.text() == "Segment" and segment_widget.run_button.isEnabled()
+
+
+def test_closing_the_widget_mid_run_cancels_the_run(qtbot, viewer, segment_widget, slow_core, nuclei):
+    viewer.add_image(np.tile(nuclei[0], (3, 3)), name="cells")
+    segment_widget.tile_spin.setValue(96)
+    segment_widget.batch_spin.setValue(1)
+    segment_widget.run_button.click()
+    qtbot.waitUntil(lambda: slow_core["events"] >= 2, timeout=30_000)
+    viewer.window.remove_dock_widget(segment_widget)
+    segment_widget.deleteLater()
+    qtbot.waitUntil(lambda: slow_core.get("ended", False), timeout=30_000)
+    assert slow_core["after_cancel"] <= 1 and slow_core["events"] < slow_core["total"]
 
 
 def test_cancel_before_any_tile_leaves_no_layer(qtbot, viewer, segment_widget, nuclei, monkeypatch, run_segment):

@@ -62,8 +62,14 @@ def run(args: argparse.Namespace) -> int:
     viewer = napari.Viewer(title="napari-unet demo")
     viewer.window.resize(width, height)
     viewer.open_sample("napari-unet", f"nuclei_{args.sample}")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    _, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    segment_dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    finetune_dock, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    # once the window is laid out: the Segment dock as tall as its contents, the rest for Fine-tune's plot
+    from qtpy.QtCore import Qt, QTimer
+
+    segment_height = segment.sizeHint().height() + 40
+    QTimer.singleShot(0, lambda: segment_dock.parent().resizeDocks(
+        [segment_dock, finetune_dock], [segment_height, height - segment_height], Qt.Orientation.Vertical))
     image = viewer.layers[0]
     segment.image_picker.set_layer(image)
     segment.select_model(model)

@@ -74,11 +74,12 @@ class LossPlot(QWidget):
         font = painter.font()
         font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         painter.setFont(font)
+        empty = not any(self.series.values())  # nothing yet: the frames and the legend only
         label_box = QRectF(area.left(), 0, _MARGIN_LEFT - 4, 14)
-        for value, y in ((y_max, plot.top()), (y_min, plot.bottom())):
+        for value, y in ((y_max, plot.top()), (y_min, plot.bottom())) if not empty else ():
             label_box.moveCenter(QPointF(label_box.center().x(), y))
             painter.drawText(label_box, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, _fmt(value))
-        if show_steps:
+        if show_steps and not empty:
             painter.drawText(QRectF(plot.left(), plot.bottom() + 1, plot.width(), _MARGIN_BOTTOM),
                              Qt.AlignmentFlag.AlignRight, f"step {int(x_max)}")
         legend_x = plot.left()

@@ -41,12 +41,23 @@ def guarded(steps: Callable[[], Generator[Any, None, Any]]) -> Generator[Any, No
         yield Outcome("done", value=value)
 
 
-def start_worker(steps: Callable[[], Generator[Any, None, Any]], on_yield: Callable[[Any], None]) -> Any:
-    """Start ``guarded(steps)`` in a napari generator worker; ``on_yield`` runs on the main thread."""
+def start_worker(steps: Callable[[], Generator[Any, None, Any]], on_yield: Callable[[Any], None],
+                 owner: Any, cancel: Any) -> Any:
+    """Start ``guarded(steps)`` in a napari generator worker; ``on_yield`` runs on the main thread.
+
+    If ``owner`` (the dock widget) is destroyed first, as when napari closes mid-run, the run is cancelled and
+    its remaining events are dropped instead of reaching a deleted widget.
+    """
     from napari.qt.threading import create_worker
+    from qtpy.compat import isalive
+
+    def deliver(event: Any) -> None:
+        if isalive(owner):
+            on_yield(event)
 
     worker = create_worker(guarded, steps, _start_thread=False)
-    worker.yielded.connect(on_yield)
+    worker.yielded.connect(deliver)
+    owner.destroyed.connect(cancel.cancel)
     worker.start()
     return worker
 

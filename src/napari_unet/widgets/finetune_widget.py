@@ -36,6 +36,7 @@ from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
+from napari_unet.widgets._scroll import scrollable_layout
 from napari_unet.widgets._workers import Outcome, explain, start_worker
 
 
@@ -136,7 +137,7 @@ class FinetuneWidget(QWidget):
         settings = QFormLayout()
         settings.addRow("Base model", self.model_picker)
         settings.addRow("Time budget", self.budget_spin)
-        layout = QVBoxLayout(self)
+        layout = scrollable_layout(self)
         layout.addLayout(self.pairs_box)
         layout.addWidget(self.add_button)
         layout.addLayout(settings)
@@ -267,7 +268,7 @@ class FinetuneWidget(QWidget):
         self.plot.clear()
         self.segment_again_button.setEnabled(False)
         run["worker"] = start_worker(lambda: _finetune_steps(model_path, samples, token, options),
-                                     lambda event: self._on_event(run, event))
+                                     lambda event: self._on_event(run, event), self, token)
         self.run_button.setText("Stop")
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
         self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s); you can go on painting.")

@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
@@ -46,6 +45,7 @@ from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
+from napari_unet.widgets._scroll import scrollable_layout
 from napari_unet.widgets._workers import Outcome, explain, start_worker
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -137,7 +137,7 @@ class SegmentWidget(QWidget):
         main.addRow("", self.axes_note)
         main.addRow("Scope", self.scope_picker)
         main.addRow("Device", self.device_picker)
-        layout = QVBoxLayout(self)
+        layout = scrollable_layout(self)
         layout.addLayout(main)
         layout.addWidget(advanced)
         layout.addWidget(self.run_button)
@@ -270,7 +270,7 @@ class SegmentWidget(QWidget):
             "probabilities": run.probabilities,
         }
         run.worker = start_worker(lambda: _segment_steps(crop, model_path, token, options),
-                                  lambda event: self._on_event(run, event))
+                                  lambda event: self._on_event(run, event), self, token)
         self.run_button.setText("Cancel")
         self.progress_bar.set_progress(0, 0, "loading the model...")
         self.status.setText(f"Segmenting {layer.name} ({scope.description}) with {model_path.name}...")
@@ -362,7 +362,8 @@ class SegmentWidget(QWidget):
             if run.probabilities and getattr(result, "probabilities", None) is not None:
                 self._show_probabilities(run, result)
             seconds = time.perf_counter() - run.started
-            found = f": {result.objects} objects" if getattr(result, "objects", None) is not None else ""
+            count = getattr(result, "objects", None)
+            found = f": {count} object{'s' if count != 1 else ''}" if count is not None else ""
             notes = "".join(f" Note: {note}." for note in getattr(result, "messages", []))
             message = (f"Segmented {run.source.name} ({run.scope.description}) in {format_seconds(seconds)}"
                        f"{found}.{notes}")
