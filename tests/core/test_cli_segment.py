@@ -97,3 +97,16 @@ def test_missing_input_and_bad_output_type(tmp_path, model, capsys):
     np.save(tmp_path / "a.npy", np.zeros((8, 8)))
     assert main(["segment", str(tmp_path / "a.npy"), "-o", str(tmp_path / "x.png"), "--model", "tiny"]) == 2
     assert "must end in" in capsys.readouterr().err
+
+
+def test_ome_zarr_axes_come_from_its_metadata(tmp_path, model, image):
+    source = tmp_path / "image.ome.zarr"
+    data = np.moveaxis(image, 0, -1)  # Y, X, T: only the metadata can tell
+    group = zarr.open_group(str(source), mode="w")
+    level = group.create_array("0", shape=data.shape, chunks=(20, 26, 2), dtype=data.dtype)
+    level[:] = data
+    group.attrs["multiscales"] = [{"axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"},
+                                            {"name": "t", "type": "time"}], "datasets": [{"path": "0"}]}]
+    target = tmp_path / "labels.npy"
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "-q"]) == 0
+    np.testing.assert_array_equal(np.load(target), expected_labels(model, data, "YXT"))

@@ -162,18 +162,20 @@ class _Run:
                                                  (self.probs, probabilities is not True and probabilities is not False))
                               if given and a is not None]
         self.progress, self.cancel, self.keep_partial = progress, cancel, keep_partial
-        self.timings = {"statistics": 0.0, "read": 0.0, "network": 0.0, "labels": 0.0}
+        self.timings = {"statistics": 0.0, "setup": 0.0, "read": 0.0, "network": 0.0, "labels": 0.0}
 
         t0 = time.perf_counter()
         stats = self.config.normalization.statistics(self.layout.channel_first(self.image))
         self.normalize = functools.partial(self.config.normalization.apply, stats=stats)
         self.timings["statistics"] = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
         self.network = Network(model.network, resolve_device(device), precision, self.tta)
         self.tiles = self.tiles_given or self._auto_tiles()
         self.batch = self.batch_given or auto_batch_size(self.net_config, self.tiles, self.network.device,
                                                          self.network.half)
         self.plan: TilePlan = plan_tiles(self.net_config, self.layout.spatial_shape, self.tiles, self.overlap)
+        self.timings["setup"] = time.perf_counter() - t0  # network copy, receptive field (once per architecture)
         kind = InstanceLabeller if self.config.task == "instance" else SemanticLabeller
         self.labeller = kind(self.labels, self.layout)
         self.planes = list(self.layout.planes())

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -62,7 +63,7 @@ def boundary_margin(config: UNetConfig) -> tuple[int, int]:
         x = torch.zeros((g, 1, size, other), dtype=torch.float64)
         for c in range(g):
             x[c, 0, centre + c] = 1.0
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             hit = (probe(x)[:, 0] > 0).reshape(g, out, -1).any(-1)  # (alignment, output position)
         touched = torch.nonzero(hit.any(0))[:, 0]
         if touched[0] > 0 and touched[-1] < out - 1:
@@ -78,6 +79,18 @@ def boundary_margin(config: UNetConfig) -> tuple[int, int]:
     end = max(reach_left[(tile_class + k) % g] - k for k in range(g))  # pixels just after it
     drop = halo if valid else 0
     return max(0, start - drop), max(0, end - drop)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread: the probe is hundreds of tiny operations, for which waking more threads costs
+    far more than it saves (on a busy machine, twenty times more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _valid_at_least(config: UNetConfig, n: int) -> int:
