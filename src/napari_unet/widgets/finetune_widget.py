@@ -243,6 +243,16 @@ class FinetuneWidget(QWidget):
 
     def start(self) -> None:
         """Copy the samples and start training (what the Fine-tune button does)."""
+        if self._run is not None:
+            return
+        # napari's activity panel processes events while a run is set up: no second click may start another
+        self.run_button.setEnabled(False)
+        try:
+            self._start_run()
+        finally:
+            self.run_button.setEnabled(True)
+
+    def _start_run(self) -> None:
         from napari_unet.core.cancel import CancelToken
 
         model_path = self.model_picker.model_path
@@ -298,21 +308,24 @@ class FinetuneWidget(QWidget):
         if isinstance(event, Outcome):
             self._finish(run, event)
             return
+        if run.get("ended"):
+            return
         self.plot.add(event.step, loss=event.loss, val_loss=event.val_loss, val_dice=event.val_dice)
         # training ends at the step limit or the time budget, whichever comes first
         fraction = event.elapsed_s / run["budget"] if run["budget"] else 0.0
         if event.total_steps:
             fraction = max(fraction, event.step / event.total_steps)
-        run["progress"].update_to(min(fraction, 1.0) * 1000, 1000)
         left = event.time_left_s
         steps = f"step {event.step}" + (f" / {event.total_steps}" if event.total_steps else "")
         remaining = f", {format_seconds(left)} left" if left is not None else ""
         self.progress_bar.set_progress(min(fraction, 1.0), 1.0, steps + remaining)
         if event.message:
             self.status.setText(event.message)
+        # last: napari's activity bar processes pending events, so the next ones may be handled inside this call
+        run["progress"].update_to(min(fraction, 1.0) * 1000, 1000)
 
     def _finish(self, run: dict[str, Any], outcome: Outcome) -> None:
-        run["progress"].close()
+        run["ended"] = True
         self._run = None
         self.run_button.setText("Fine-tune")
         self.run_button.setEnabled(True)
@@ -342,6 +355,7 @@ class FinetuneWidget(QWidget):
             show_info(message)
             self.progress_bar.set_progress(1, 1, "done")
         self.status.setText(message)
+        run["progress"].close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
 
 

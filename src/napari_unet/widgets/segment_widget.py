@@ -65,6 +65,7 @@ class _Run:
     probabilities: bool
     worker: Any = None
     written: bool = False
+    ended: bool = False  # the outcome arrived: later progress events are stale
     stop_reason: str = ""
     started: float = field(default_factory=time.perf_counter)
 
@@ -237,6 +238,14 @@ class SegmentWidget(QWidget):
             self.cancel("cancelled")
 
     def _start(self) -> None:
+        # napari's activity panel processes events while a run is set up: no second click may start another
+        self.run_button.setEnabled(False)
+        try:
+            self._start_run()
+        finally:
+            self.run_button.setEnabled(True)
+
+    def _start_run(self) -> None:
         from napari_unet.core.cancel import CancelToken
 
         layer = self.image_picker.layer
@@ -331,7 +340,8 @@ class SegmentWidget(QWidget):
         if isinstance(event, Outcome):
             self._finish(run, event)
             return
-        run.progress.update_to(event.done, event.total)
+        if run.ended:
+            return
         left = run.progress.time_left()
         remaining = f", {format_seconds(left)} left" if left else ""
         self.progress_bar.set_progress(event.done, event.total, f"{event.done} / {event.total} tiles{remaining}")
@@ -341,6 +351,8 @@ class SegmentWidget(QWidget):
             for region in event.regions:
                 run.live.write(run.scope.to_output(region), event.preview[region])
                 run.written = True
+        # last: napari's activity bar processes pending events, so the next ones may be handled inside this call
+        run.progress.update_to(event.done, event.total)
 
     def _on_layer_removed(self, event: Any) -> None:
         run = self._run
@@ -352,6 +364,7 @@ class SegmentWidget(QWidget):
             self.cancel(f"the output layer '{run.output.name}' was removed")
 
     def _finish(self, run: _Run, outcome: Outcome) -> None:
+        run.ended = True
         output_alive = run.output in self.viewer.layers
         if outcome.status == "done" and output_alive and not run.stop_reason:
             result = outcome.value
@@ -409,7 +422,6 @@ class SegmentWidget(QWidget):
             self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(run.output))
 
     def _end(self, run: _Run, status: str, message: str) -> None:
-        run.progress.close()
         if run.output in self.viewer.layers:
             run.output.refresh(data_displayed=False, highlight=False, extent=False)  # the layer list thumbnail
         if self._run is run:
@@ -418,6 +430,7 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(True)
         self.progress_bar.set_progress(status == "done", 1, status)
         self.status.setText(message)
+        run.progress.close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
 
 
