@@ -69,14 +69,12 @@ def main() -> int:
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_unet.synthetic import generate_nuclei
-    from napari_unet.widgets.segment_widget import SegmentWidget
 
     image, _ = generate_nuclei((args.size, args.size), seed=0)
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     viewer.add_image(image, name="nuclei")
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")  # as the Plugins menu does
     widget.select_model(model)
 
     beats: list[float] = []

@@ -41,10 +41,8 @@ def viewer(make_napari_viewer):
 
 @pytest.fixture
 def segment_widget(viewer, tiny_model):
-    from napari_unet.widgets.segment_widget import SegmentWidget
-
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment")
+    """The Segment widget as napari docks it from the Plugins menu (napari hands it a proxy of the viewer)."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     return widget
 
 

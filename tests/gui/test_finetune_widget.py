@@ -14,8 +14,8 @@ from napari_unet.widgets.finetune_widget import FinetuneWidget
 
 @pytest.fixture
 def finetune_widget(viewer, segment_widget):
-    widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    assert isinstance(widget, FinetuneWidget)
     widget.budget_spin.setValue(30)
     widget.steps_spin.setValue(4)
     widget.batch_spin.setValue(2)

@@ -72,13 +72,19 @@ def output_record(layer: Any) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def unwrap(obj: Any) -> Any:
+    """The napari object behind the proxy napari hands plugin widgets (proxies are remade on every access)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def mark_output(layer: Any, source: str, model: str) -> None:
     """Record ``layer`` as the plugin's output for image ``source`` and watch it for edits."""
     layer.metadata[META_KEY] = {"source": source, "model": model, "partial": False}
-    _EDITED[layer] = False
+    real = unwrap(layer)
+    _EDITED[real] = False
 
     def edited(event: Any = None) -> None:
-        _EDITED[layer] = True
+        _EDITED[real] = True
 
     layer.events.paint.connect(edited)
     layer.events.data.connect(edited)
@@ -95,8 +101,8 @@ def fit_labels_dtype(layer: Any, largest: int) -> None:
         return
     edited = is_edited(layer)
     layer.data = np.asarray(layer.data).astype(np.int32)
-    if layer in _EDITED:
-        _EDITED[layer] = edited
+    if unwrap(layer) in _EDITED:
+        _EDITED[unwrap(layer)] = edited
 
 
 def is_edited(layer: Any) -> bool:
@@ -105,7 +111,7 @@ def is_edited(layer: Any) -> bool:
     The flag lives here rather than in the layer's metadata, because napari copies metadata when a layer is
     duplicated and a copy must never pass for an untouched output.
     """
-    return _EDITED.get(layer, True)
+    return _EDITED.get(unwrap(layer), True)
 
 
 def reusable_output(layers: Sequence[Any], source: str, shape: tuple[int, ...]) -> Any | None:
@@ -174,5 +180,5 @@ class LayerPicker(QComboBox):
             self.set_layer(current)
         elif self._layers and self._none_text is None:
             self.setCurrentIndex(0)
-        if self.layer is not current:
+        if self.layer != current:  # napari hands plugins proxies: compare layers with ==, never with "is"
             self.currentIndexChanged.emit(self.currentIndex())

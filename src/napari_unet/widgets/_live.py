@@ -25,8 +25,10 @@ def redraw_region(layer: Any, region: tuple[slice, ...]) -> bool:
     """Redraw the part of ``layer``'s current view inside ``region`` (data coordinates).
 
     Returns False when only a full refresh can show the change. Uses the same internals as napari's own paint
-    tool (``_partial_labels_refresh``); any change in them leads to the full-refresh path, never to an error.
+    tool (``_partial_labels_refresh``), on the layer behind the proxy napari gives plugins (which warns about
+    private access); any change in those internals leads to the full-refresh path, never to an error.
     """
+    layer = getattr(layer, "__wrapped__", layer)
     try:
         data = layer.data
         displayed = list(layer._slice_input.displayed)

@@ -6,7 +6,7 @@ be any height; its width stays that of its contents, so nothing is cut off at th
 """
 from __future__ import annotations
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 MIN_VISIBLE_HEIGHT = 150
@@ -19,6 +19,12 @@ class _VerticalScroll(QScrollArea):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setWidget(content)
+        content.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the contents grew (a training pair was added): let the dock widen
+        return super().eventFilter(watched, event)
 
     def _bar(self) -> int:
         return self.verticalScrollBar().sizeHint().width()

@@ -191,7 +191,7 @@ class FinetuneWidget(QWidget):
                          "open one and add a Labels layer to paint on.")
             return None
         for row in self.rows:
-            if row.image.layer is image and row.labels.layer is labels:
+            if row.image.layer == image and row.labels.layer == labels:
                 return row
         shapes = next((layer for layer in reversed(layers) if isinstance(layer, Shapes)), None)
         return self.add_pair(image, labels, shapes)

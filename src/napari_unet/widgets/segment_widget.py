@@ -358,9 +358,9 @@ class SegmentWidget(QWidget):
         run = self._run
         if run is None:
             return
-        if event.value is run.source:
+        if event.value == run.source:  # == rather than "is": napari gives plugins proxies of layers
             self.cancel(f"the image layer '{run.source.name}' was removed")
-        elif event.value is run.output:
+        elif event.value == run.output:
             self.cancel(f"the output layer '{run.output.name}' was removed")
 
     def _finish(self, run: _Run, outcome: Outcome) -> None:
