@@ -115,3 +115,22 @@ def test_regions_mask_from_rectangles_and_3d_shapes():
     assert mask[2, 12, 12] and not mask[1].any() and not mask[3].any()
     with pytest.raises(ValueError, match="rectangle"):
         regions_mask(Shapes([[[0, 0], [5, 5]]], shape_type="line"), labels)
+
+
+def test_finetune_on_a_stack_with_reviewed_regions(qtbot, viewer, finetune_widget):
+    from napari_unet.synthetic import generate_nuclei
+
+    stack, labels = generate_nuclei((3, 64, 64), seed=3)
+    viewer.add_image(stack, name="stack")
+    viewer.add_labels(labels, name="stack corrected")
+    viewer.add_shapes([[[0, 0], [0, 48], [48, 48], [48, 0]]], shape_type="rectangle", name="reviewed")
+    row = finetune_widget.add_current_layers()
+    assert row.regions.layer.name == "reviewed"
+    (sample,) = finetune_widget.samples()
+    assert sample.axes == "ZYX" and sample.mask.shape == stack.shape and sample.mask[:, :48, :48].all()
+    finetune_widget.steps_spin.setValue(2)
+    with qtbot.waitSignal(finetune_widget.run_finished, timeout=60_000) as blocker:
+        finetune_widget.run_button.click()
+    assert blocker.args == ["done"], finetune_widget.status.text()
+    (_, annotated, axes), = read_annotations(finetune_widget.saved_path)
+    assert axes == "ZYX" and not annotated[:, 50:, 50:].any(), "only the reviewed regions were trained on"
