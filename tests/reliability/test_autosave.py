@@ -1,0 +1,146 @@
+"""Autosave: snapshots are atomic, listed for recovery, restored as new layers, and never run code."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_unet.core.autosave as autosave
+from conftest import array_hash, leftovers
+from napari_unet.core.autosave import (
+    autosave_dir,
+    autosave_enabled,
+    discard_snapshot,
+    list_snapshots,
+    load_snapshot,
+    new_key,
+    save_snapshot,
+    set_autosave_enabled,
+)
+from napari_unet.core.errors import InvalidInputError
+
+
+def _labels(value: int = 1) -> np.ndarray:
+    data = np.zeros((40, 50), np.uint16)
+    data[5:20, 10:30] = value
+    return data
+
+
+def test_round_trip_and_listing(isolated_home):
+    first = save_snapshot(new_key("cells labels"), _labels(3), "cells labels", "cells")
+    second = save_snapshot(new_key("other/../name"), _labels(4).astype(np.int32), "other/../name")
+    assert autosave_dir() == isolated_home / "autosave"
+    listed = {s.key: s for s in list_snapshots()}
+    assert set(listed) == {first.key, second.key}
+    assert "/" not in second.key and ".." not in second.key, "a layer name never escapes the autosave folder"
+    assert (listed[first.key].name, listed[first.key].source, listed[first.key].shape) == \
+        ("cells labels", "cells", (40, 50))
+    data, snapshot = load_snapshot(first.key)
+    assert array_hash(data) == array_hash(_labels(3)) and snapshot.dtype == "uint16"
+    discard_snapshot(first.key)
+    assert [s.key for s in list_snapshots()] == [second.key]
+
+
+def test_a_crash_mid_write_keeps_the_previous_snapshot(isolated_home, monkeypatch):
+    key = new_key("cells labels")
+    save_snapshot(key, _labels(1), "cells labels")
+
+    def crash(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip file")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(autosave.np, "savez_compressed", crash)
+        save_snapshot(key, _labels(2), "cells labels")
+    data, _ = load_snapshot(key)
+    assert array_hash(data) == array_hash(_labels(1))
+    assert leftovers(autosave_dir()) == []
+
+
+def test_damaged_or_foreign_files_are_skipped_not_deleted(isolated_home):
+    good = save_snapshot(new_key("good"), _labels(), "good")
+    folder = autosave_dir()
+    (folder / "truncated.npz").write_bytes(good.path.read_bytes()[:100])
+    (folder / "random.npz").write_bytes(np.random.default_rng(0).bytes(500))
+    np.savez(folder / "pickled.npz", labels=np.array([object()], dtype=object), meta=np.array("{}"))
+    assert [s.key for s in list_snapshots()] == [good.key]
+    assert (folder / "truncated.npz").exists() and (folder / "random.npz").exists()
+    with pytest.raises(ValueError):
+        load_snapshot("pickled")  # an object array would need unpickling: refused
+
+
+@pytest.mark.parametrize("data", [np.zeros((4, 4), np.float32), [[1, 2]]], ids=["float", "list"])
+def test_only_integer_numpy_labels_are_saved(data, isolated_home):
+    with pytest.raises(InvalidInputError):
+        save_snapshot("k", data, "x")
+    with pytest.raises(InvalidInputError):
+        save_snapshot("../escape", np.zeros((2, 2), np.int32), "x")
+
+
+def test_the_setting_is_on_by_default_and_remembered(isolated_home):
+    assert autosave_enabled()
+    set_autosave_enabled(False)
+    assert not autosave_enabled()
+    set_autosave_enabled(True)
+    assert autosave_enabled()
+    assert leftovers(autosave_dir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# In napari
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_autosaver_writes_changed_layers_only(make_napari_viewer, isolated_home):
+    from napari_unet.widgets._autosave import autosaver_for
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(_labels(), name="corrected")
+    saver = autosaver_for(viewer)
+    assert autosaver_for(viewer) is saver and saver.timer.isActive()
+    saver.watch(layer)
+    assert saver.save_changed() == 1
+    assert saver.save_changed() == 0, "nothing changed: nothing written"
+    layer.paint((30, 30), 9)  # napari's paint tool
+    assert saver.save_changed() == 1
+    (snapshot,) = list_snapshots()
+    data, _ = load_snapshot(snapshot.key)
+    assert array_hash(data) == array_hash(layer.data)
+    set_autosave_enabled(False)
+    layer.paint((35, 35), 9)
+    assert saver.save_changed() == 0, "the setting turns autosave off"
+
+
+def test_a_full_disk_never_breaks_the_viewer(make_napari_viewer, isolated_home, monkeypatch, capsys):
+    from napari_unet.widgets._autosave import autosaver_for
+
+    viewer = make_napari_viewer()
+    saver = autosaver_for(viewer)
+    saver.watch(viewer.add_labels(_labels(), name="corrected"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(autosave.np, "savez_compressed", disk_full)
+        assert saver.save_changed() == 0
+    assert "could not autosave 'corrected'" in capsys.readouterr().err
+    assert leftovers(autosave_dir()) == []
+    assert saver.save_changed() == 1, "still marked changed: written next time"
+
+
+def test_recover_widget_lists_and_restores_as_a_new_layer(make_napari_viewer, isolated_home):
+    from napari_unet.widgets.recover_widget import RecoverWidget
+
+    viewer = make_napari_viewer()
+    save_snapshot(new_key("cells labels"), _labels(7), "cells labels", "cells")
+    existing = viewer.add_labels(_labels(1), name="cells labels")
+    widget = RecoverWidget(viewer)
+    assert widget.list.count() == 1 and "cells labels" in widget.list.item(0).text()
+    (restored,) = widget.restore([widget.list.item(0)])
+    assert restored.name.startswith("cells labels (recovered ")
+    assert array_hash(restored.data) == array_hash(_labels(7))
+    assert array_hash(existing.data) == array_hash(_labels(1)), "restoring never overwrites a layer"
+    widget.enabled_check.setChecked(False)
+    assert not autosave_enabled()
+    widget.discard([widget.list.item(0)])
+    assert widget.list.count() == 0 and not widget.restore_button.isEnabled()
