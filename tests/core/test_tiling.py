@@ -28,11 +28,12 @@ def make_model(dims=2, padding="same", depth=2, upsampling="bilinear", norm="bat
     names = ("background", "interior", "boundary") if task == "instance" else tuple(f"c{i}" for i in range(classes))
     model = Model.from_config(ModelConfig(net, task=task, classes=names, axes="YX" if dims == 2 else "ZYX"),
                               seed=seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # non-trivial batch-norm statistics, so folding them is tested too
         for module in model.network.modules():
             if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+                module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) * 1.5 + 0.5)
     model.network.eval()
     return model
 
@@ -79,8 +80,7 @@ def test_margin_is_zero_for_the_papers_valid_network_and_positive_for_same_paddi
 
 def furthest_reach(network, start, dtype=torch.float32):
     """The last output row that any input row before ``start`` changes."""
-    torch.manual_seed(0)
-    x = torch.rand(1, 1, 128, 32, dtype=dtype)
+    x = torch.rand(1, 1, 128, 32, dtype=dtype, generator=torch.Generator().manual_seed(0))
     furthest = 0
     with torch.no_grad():
         base = network(x)
