@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_unet.widgets._autosave import autosaver_for
 from napari_unet.widgets._layers import LayerPicker, infer_axes, output_record
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
@@ -262,6 +263,7 @@ class FinetuneWidget(QWidget):
             samples = self.samples()
         except ValueError as exc:
             return self._refuse(str(exc))
+        autosaver_for(self.viewer).save_layers([row.labels.layer for row in self.rows])  # the corrections
         options = {
             "time_budget_s": float(self.budget_spin.value()),
             "steps": self.steps_spin.value() or None,

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_unet.widgets._autosave import autosaver_for
 from napari_unet.widgets._layers import (
     OUTPUT_DTYPE,
     LayerPicker,
@@ -372,6 +373,7 @@ class SegmentWidget(QWidget):
             fit_labels_dtype(run.output, int(labels.max(initial=0)))
             run.live.write(run.scope.output_index, labels)
             run.output.metadata["napari_unet"]["partial"] = False
+            autosaver_for(self.viewer).watch(run.output)  # the user will correct it: keep their work safe
             if run.probabilities and getattr(result, "probabilities", None) is not None:
                 self._show_probabilities(run, result)
             seconds = time.perf_counter() - run.started
