@@ -43,6 +43,7 @@ def viewer(make_napari_viewer):
 def segment_widget(viewer, tiny_model):
     """The Segment widget as napari docks it from the Plugins menu (napari hands it a proxy of the viewer)."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert widget.select_model("tiny")  # not the bundled model, which would be listed first
     return widget
 
 

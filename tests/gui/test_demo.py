@@ -1,4 +1,4 @@
-"""``napari-unet demo --screenshot`` opens napari, segments the sample and saves the window, under Xvfb too."""
+"""``napari-unet demo``: which model it shows, and ``--screenshot`` end to end under the virtual display."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,26 @@ import sys
 import numpy as np
 import pytest
 
+import napari_unet.core.library as library
+from napari_unet.cli.demo import DEFAULT_MODEL, choose_model
+
+
+def test_demo_prefers_the_bundled_model_and_says_which_it_uses(tiny_model, tmp_path, monkeypatch):
+    if any(info.name == DEFAULT_MODEL for info in library.list_models()):
+        path, note = choose_model(None)
+        assert path.endswith(DEFAULT_MODEL) and f"'{DEFAULT_MODEL}'" in note
+    monkeypatch.setattr(library, "bundled_dir", lambda: tmp_path / "no-bundled-models")
+    path, note = choose_model(None)
+    assert path.endswith("tiny") and "not installed" in note and "'tiny'" in note
+    path, note = choose_model("tiny")
+    assert path.endswith("tiny") and note.startswith("using the model 'tiny'")
+
+
+def test_demo_without_any_model_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(library, "bundled_dir", lambda: tmp_path / "no-bundled-models")
+    with pytest.raises(ValueError, match="--model"):
+        choose_model(None)
+
 
 def test_demo_screenshot(tmp_path, tiny_model, isolated_home):
     from skimage.io import imread
@@ -16,11 +36,11 @@ def test_demo_screenshot(tmp_path, tiny_model, isolated_home):
         pytest.skip("needs a display (pytest-xvfb provides one)")
     path = tmp_path / "demo.png"
     result = subprocess.run(
-        [sys.executable, "-m", "napari_unet.cli", "demo", "--screenshot", str(path), "--size", "1000x700",
-         "--timeout", "240"],
+        [sys.executable, "-m", "napari_unet.cli", "demo", "--screenshot", str(path), "--model", "tiny",
+         "--size", "1000x700", "--timeout", "240"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "NAPARI_UNET_HOME": str(isolated_home)})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "using the library model 'tiny'" in result.stderr, "the demo says which model it uses"
+    assert "using the model 'tiny'" in result.stderr, "the demo says which model it uses"
     picture = imread(path)
     assert picture.shape[0] >= 600 and picture.shape[1] >= 900
     assert len(np.unique(picture.reshape(-1, picture.shape[-1]), axis=0)) > 50
