@@ -58,12 +58,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cell(result: dict[str, float], phase: str) -> str:
+    if not result[phase]:
+        return "-"
     return f"{result[phase]:.0f} ({result[phase + ' p99']:.0f})"
 
 
 def main() -> int:
     args = parse_args()
     model = pick_model(args.model)
+    load = os.getloadavg()[0]  # other processes competing for the cores make every gap longer
 
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
@@ -123,14 +126,38 @@ def main() -> int:
 
     # a warm-up run loads the model and lets torch allocate, as a user's first run would; it is reported too
     auto = max(1, (os.cpu_count() or 1) - 1)
-    rows = [(f"warm-up: auto ({auto})", measure("auto"))]
+    def baseline(redraw: bool, seconds: float = 3.0) -> dict[str, float]:
+        """The heartbeat with no segmentation: idle, or with the canvas redrawn 10 times a second (what any
+        visible change costs napari on this machine's renderer)."""
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+        nudge = QTimer()
+        nudge.setInterval(100)
+        steps = [1.001, 1 / 1.001]  # zoom in and out by a hair: a full redraw, the view stays put
+        nudge.timeout.connect(lambda: (setattr(camera, "zoom", camera.zoom * steps[0]), steps.reverse()))
+        beats.clear()
+        heartbeat.start()
+        if redraw:
+            nudge.start()
+        loop = QEventLoop()
+        QTimer.singleShot(int(seconds * 1000), loop.quit)
+        loop.exec()
+        nudge.stop()
+        heartbeat.stop()
+        gaps = [(b - a) * 1000 for a, b in zip(beats, beats[1:])]
+        result = {"seconds": seconds}
+        for name in ("all", "start", "tiles", "finish"):
+            result[name], result[f"{name} p99"] = (max(gaps), percentile(gaps, 99)) if name == "all" else (0.0, 0.0)
+        return result
+
+    rows = [("no run, idle", baseline(False)), ("no run, 10 redraws/s", baseline(True))]
+    rows.append((f"warm-up: auto ({auto})", measure("auto")))
     for threads in (t.strip() for t in args.threads.split(",")):
         for _ in range(args.repeats):
             rows.append((f"auto ({auto})" if threads == "auto" else threads, measure(threads)))
     viewer.close()
 
     print(f"\nUI responsiveness: Segment widget on a {args.size} x {args.size} image, model {model!r}, "
-          f"{os.cpu_count()} CPU cores, 10 ms heartbeat")
+          f"{os.cpu_count()} CPU cores, 10 ms heartbeat, load average before the runs {load:.1f}")
     print("gaps between heartbeats in ms: worst (99th percentile)")
     print(f"{'torch threads':<22}{'run s':>7}{'whole run':>16}{'start':>16}{'tiles':>16}{'finish':>16}")
     for label, r in rows:
