@@ -48,11 +48,11 @@ class PairRow(QWidget):
         super().__init__(parent)
         self.image = LayerPicker(viewer, (Image,))
         self.labels = LayerPicker(viewer, (Labels,))
-        self.regions = LayerPicker(viewer, (Shapes,), none_text="whole image")
+        self.regions = LayerPicker(viewer, (Shapes,), none_text="none")
         self.image.setToolTip("The image that was segmented.")
         self.labels.setToolTip("Its corrected labels (0 = background).")
         self.regions.setToolTip("A Shapes layer whose rectangles mark the regions you reviewed; only they "
-                                "are trained on. 'whole image' trains on all of the labels layer.")
+                                "are trained on. 'none' trains on all of the labels layer.")
         remove = QToolButton()
         remove.setText("✕")
         remove.setToolTip("Remove this pair")
