@@ -1,4 +1,4 @@
-"""Running a core generator in a napari thread worker without ever losing an error or a result.
+"""What runs in the worker threads, and how it reports back without ever losing an error or a result.
 
 napari's generator workers have a trap: an exception raised inside the generator (a RuntimeError such as a CUDA
 out-of-memory error in particular) is turned into a warning and the worker never signals that it finished, so
@@ -8,9 +8,11 @@ the main thread like any other yielded value.
 """
 from __future__ import annotations
 
+import threading
 import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -60,6 +62,55 @@ def start_worker(steps: Callable[[], Generator[Any, None, Any]], on_yield: Calla
     owner.destroyed.connect(cancel.cancel)
     worker.start()
     return worker
+
+
+_MODEL_CACHE: dict[str, tuple[int, Any]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_cached(path: Path) -> Any:
+    """Load a model, reusing the last one while its weights file is unchanged (in the worker thread).
+
+    Sharing is safe: segmenting runs an inference copy of the network and fine-tuning trains a copy.
+    """
+    from napari_unet.core.models import load_model
+
+    stamp = (path / "weights.safetensors").stat().st_mtime_ns
+    with _CACHE_LOCK:
+        cached = _MODEL_CACHE.get(str(path))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        model = load_model(path)
+        _MODEL_CACHE.clear()  # one model at a time: a U-Net can be large
+        _MODEL_CACHE[str(path)] = (stamp, model)
+        return model
+
+
+def segment_in_worker(image: Any, model_path: Path, cancel: Any, options: dict[str, Any]) -> Any:
+    """The Segment worker: load the model and run the tiled segmentation, yielding its progress events."""
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.inference import segment_steps
+
+    configure_cpu_threads(interactive=True)  # all cores but one: the viewer keeps one to stay responsive
+    model = load_cached(model_path)
+    return (yield from segment_steps(image, model, cancel=cancel, **options))
+
+
+def finetune_in_worker(model_path: Path, samples: list[Any], cancel: Any, options: dict[str, Any]) -> Any:
+    """The Fine-tune worker: train, then save the new version; returns (folder, best metrics), or None when
+    stopped before the first step (nothing new to save)."""
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.training import finetune_steps
+    from napari_unet.core.versions import save_version
+
+    configure_cpu_threads(interactive=True)
+    model = load_cached(model_path)
+    tuned = yield from finetune_steps(model, samples, cancel=cancel, on_cancel="best", **options)
+    if not any(record.get("loss") is not None for record in tuned.history):
+        return None
+    path = save_version(tuned)
+    best = [record for record in tuned.history if record.get("best")]
+    return path, best[-1] if best else {}
 
 
 def explain(error: BaseException, action: str) -> str:

@@ -38,7 +38,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, explain, start_worker
+from napari_unet.widgets._workers import Outcome, explain, finetune_in_worker, start_worker
 
 
 class PairRow(QWidget):
@@ -279,7 +279,7 @@ class FinetuneWidget(QWidget):
         self._run = run
         self.plot.clear()
         self.segment_again_button.setEnabled(False)
-        run["worker"] = start_worker(lambda: _finetune_steps(model_path, samples, token, options),
+        run["worker"] = start_worker(lambda: finetune_in_worker(model_path, samples, token, options),
                                      lambda event: self._on_event(run, event), self, token)
         self.run_button.setText("Stop")
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
@@ -359,20 +359,3 @@ class FinetuneWidget(QWidget):
         self.status.setText(message)
         run["progress"].close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
-
-
-def _finetune_steps(model_path: Path, samples: list[Any], cancel: Any, options: dict[str, Any]) -> Any:
-    """The worker body: train, then save the new version; returns (folder, best metrics) or None."""
-    from napari_unet.core.devices import configure_cpu_threads
-    from napari_unet.core.models import load_model
-    from napari_unet.core.training import finetune_steps
-    from napari_unet.core.versions import save_version
-
-    configure_cpu_threads(interactive=True)
-    model = load_model(model_path)
-    tuned = yield from finetune_steps(model, samples, cancel=cancel, on_cancel="best", **options)
-    if not any(record.get("loss") is not None for record in tuned.history):
-        return None  # stopped before a single step: nothing new to save
-    path = save_version(tuned)
-    best = [record for record in tuned.history if record.get("best")]
-    return path, best[-1] if best else {}

@@ -8,7 +8,6 @@ output Labels layer and redrawn piecewise (:mod:`._live`). The worker never touc
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,9 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, explain, start_worker
+from napari_unet.widgets._workers import Outcome, explain, segment_in_worker, start_worker
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # core.runner.PRECISIONS, without importing torch here
 
 
 @dataclass
@@ -279,7 +278,7 @@ class SegmentWidget(QWidget):
             "precision": self.precision_picker.currentText(),
             "probabilities": run.probabilities,
         }
-        run.worker = start_worker(lambda: _segment_steps(crop, model_path, token, options),
+        run.worker = start_worker(lambda: segment_in_worker(crop, model_path, token, options),
                                   lambda event: self._on_event(run, event), self, token)
         self.run_button.setText("Cancel")
         self.progress_bar.set_progress(0, 0, "loading the model...")
@@ -434,39 +433,6 @@ class SegmentWidget(QWidget):
         self.status.setText(message)
         run.progress.close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Worker side
-# --------------------------------------------------------------------------------------------------------------
-
-_MODEL_CACHE: dict[str, tuple[int, Any]] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _load_cached(path: Path) -> Any:
-    """Load a model, reusing the last one while its weights file is unchanged (runs in the worker)."""
-    from napari_unet.core.models import load_model
-
-    stamp = (path / "weights.safetensors").stat().st_mtime_ns
-    with _CACHE_LOCK:
-        cached = _MODEL_CACHE.get(str(path))
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        model = load_model(path)
-        _MODEL_CACHE.clear()  # one model at a time: a U-Net can be large
-        _MODEL_CACHE[str(path)] = (stamp, model)
-        return model
-
-
-def _segment_steps(image: Any, model_path: Path, cancel: Any, options: dict[str, Any]) -> Any:
-    """The worker body: load the model and run the tiled segmentation, yielding its progress events."""
-    from napari_unet.core.devices import configure_cpu_threads
-    from napari_unet.core.inference import segment_steps
-
-    configure_cpu_threads(interactive=True)
-    model = _load_cached(model_path)
-    return (yield from segment_steps(image, model, cancel=cancel, **options))
 
 
 def _data(layer: Any) -> Any:
