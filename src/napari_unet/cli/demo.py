@@ -53,8 +53,13 @@ def choose_model(requested: str | None) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_unet.core.errors import InvalidInputError
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise InvalidInputError(f"--size takes WIDTHxHEIGHT in pixels, such as 1400x900, not {args.size!r}") from None
     model, note = choose_model(args.model)
-    width, height = (int(v) for v in args.size.lower().split("x"))
     print(f"napari-unet demo: {note}", file=sys.stderr)
 
     import napari
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     # once the window is laid out: the Segment dock as tall as its contents, the rest for Fine-tune's plot
     from qtpy.QtCore import Qt, QTimer
 
-    segment_height = segment.sizeHint().height() + 40
+    segment_height = segment.sizeHint().height() + 60  # room for a status line that wraps
     QTimer.singleShot(0, lambda: segment_dock.parent().resizeDocks(
         [segment_dock, finetune_dock], [segment_height, height - segment_height], Qt.Orientation.Vertical))
     image = viewer.layers[0]
