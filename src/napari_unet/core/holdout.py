@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_unet.core.losses import foreground_dice, instances_from_classes, segmentation_loss
+from napari_unet.core.losses import foreground_dice, segmentation_loss
 from napari_unet.core.metrics import object_matching
+from napari_unet.core.postprocess import instance_labels
 from napari_unet.core.targets import Item
 from napari_unet.core.unet import UNetConfig, halo, min_input_size, nearest_valid_sizes, output_size
 
@@ -157,8 +158,9 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
         classes = logits.argmax(0).cpu().numpy().astype(np.uint8)
         predicted.append(classes[block.annotated])
         truth.append(block.classes[block.annotated])
-        if block.instances is not None:
-            objects = np.where(block.annotated, instances_from_classes(classes), 0)
+        if block.instances is not None:  # objects exactly as inference makes them
+            probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()
+            objects = np.where(block.annotated, instance_labels(probabilities), 0)
             matching = object_matching(objects, block.instances)
             tp, fp, fn = tp + matching.tp, fp + matching.fp, fn + matching.fn
     pred, true = np.concatenate(predicted), np.concatenate(truth)

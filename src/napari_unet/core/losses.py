@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 DICE_SMOOTH = 1.0
 
@@ -54,15 +53,3 @@ def foreground_dice(predicted: np.ndarray, classes: np.ndarray, annotated: np.nd
         p, t = pred == c, truth == c
         scores.append(2.0 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)))
     return float(np.mean(scores))
-
-
-def instances_from_classes(predicted: np.ndarray) -> np.ndarray:
-    """Instance labels from a background/interior/boundary class map, for validation's object F1.
-
-    Each connected interior region is one object; boundary pixels join the nearest object.
-    """
-    seeds, count = ndimage.label(predicted == 1)
-    if count == 0:
-        return seeds
-    nearest = ndimage.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
-    return np.where(predicted > 0, seeds[tuple(nearest)], 0).astype(np.int32)
