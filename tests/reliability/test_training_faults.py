@@ -14,7 +14,7 @@ from napari_unet.core.cancel import CancelToken
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.training import Sample, finetune
 from napari_unet.synthetic import generate_nuclei
-from napari_unet.widgets.finetune_widget import _finetune_steps
+from napari_unet.widgets._workers import finetune_in_worker as _finetune_steps
 
 
 @pytest.fixture
