@@ -8,6 +8,11 @@ and for its three phases: *start* (the click: output layer and napari's activity
 worker loads the model), *tiles* (from the first tile event to the last), *finish* (the final labels are
 copied and redrawn). Target: worst gap under 50 ms on a 2-core CPU while the tiles run.
 
+Three reference rows separate the plugin from its surroundings: the same heartbeat with no run (idle, and
+with napari redrawing its canvas 10 times a second, which is what any visible change costs on this machine's
+renderer), and a heartbeat in a plain Python thread beside ``segment()`` with no viewer at all (what the
+worker's hold on the interpreter lock costs by itself).
+
 Run under a display or a virtual one:
 
     xvfb-run -a python bench/ui_responsiveness.py [--size 2048] [--threads auto,1,2] [--model nuclei]
@@ -21,7 +26,11 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
+from typing import Any
+
+PHASES = ("all", "start", "tiles", "finish")
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,9 +61,27 @@ def pick_model(requested: str | None) -> str:
     return "bench-unet"
 
 
+def set_threads(threads: str) -> None:
+    if threads == "auto":
+        os.environ.pop("NAPARI_UNET_THREADS", None)
+    else:
+        os.environ["NAPARI_UNET_THREADS"] = threads
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(beats: list[float], windows: dict[str, tuple[float, float]], seconds: float) -> dict[str, float]:
+    """Worst and 99th-percentile gap (ms) between heartbeats within each named time window."""
+    result = {"seconds": seconds}
+    for name in PHASES:
+        low, high = windows.get(name, (0.0, -1.0))
+        gaps = [(b - a) * 1000 for a, b in zip(beats, beats[1:]) if low <= b and a <= high]
+        result[name] = max(gaps, default=0.0)
+        result[f"{name} p99"] = percentile(gaps, 99) if gaps else 0.0
+    return result
 
 
 def cell(result: dict[str, float], phase: str) -> str:
@@ -63,13 +90,108 @@ def cell(result: dict[str, float], phase: str) -> str:
     return f"{result[phase]:.0f} ({result[phase + ' p99']:.0f})"
 
 
+class Heartbeat:
+    """A 10 ms QTimer on the main thread that records when it fires."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.beats: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(lambda: self.beats.append(time.perf_counter()))
+
+    def start(self) -> float:
+        self.beats.clear()
+        now = time.perf_counter()
+        self.beats.append(now)
+        self.timer.start()
+        return now
+
+    def stop(self) -> float:
+        now = time.perf_counter()
+        self.beats.append(now)
+        self.timer.stop()
+        return now
+
+
+def measure_run(widget: Any, heartbeat: Heartbeat, threads: str) -> dict[str, float]:
+    """Click Segment and wait for ``run_finished``; gaps per phase of the run."""
+    from qtpy.QtCore import QEventLoop
+
+    set_threads(threads)
+    done: list[str] = []
+    events: list[float] = []  # arrival times of the worker's events on the main thread
+    loop = QEventLoop()
+    widget.run_finished.connect(done.append)
+    widget.run_finished.connect(loop.quit)
+    original = widget._on_event
+
+    def timed(run: object, event: object) -> None:
+        events.append(time.perf_counter())
+        original(run, event)
+
+    widget._on_event = timed
+    started = heartbeat.start()
+    widget.run_button.click()
+    loop.exec()
+    ended = heartbeat.stop()
+    widget.run_finished.disconnect()
+    del widget._on_event
+    if done[0] != "done":
+        raise SystemExit(f"the run ended with {done[0]}: {widget.status.text()}")
+    windows = {"all": (started, ended), "start": (started, events[0]), "tiles": (events[0], events[-1]),
+               "finish": (events[-1], ended)}
+    return summary(heartbeat.beats, windows, ended - started)
+
+
+def measure_viewer_alone(viewer: Any, heartbeat: Heartbeat, redraw: bool, seconds: float = 3.0) -> dict[str, float]:
+    """The heartbeat with no run: idle, or with the canvas redrawn 10 times a second."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    nudge = QTimer()
+    nudge.setInterval(100)
+    steps = [1.001, 1 / 1.001]  # zoom in and out by a hair: a full redraw, the view stays put
+    nudge.timeout.connect(lambda: (setattr(camera, "zoom", camera.zoom * steps[0]), steps.reverse()))
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    started = heartbeat.start()
+    if redraw:
+        nudge.start()
+    loop.exec()
+    nudge.stop()
+    ended = heartbeat.stop()
+    return summary(heartbeat.beats, {"all": (started, ended)}, ended - started)
+
+
+def measure_worker_alone(image: Any, model_name: str, threads: str) -> dict[str, float]:
+    """A 10 ms sleep loop on this thread while segment() runs in another: the interpreter lock's share."""
+    from napari_unet.core.models import load_model
+    from napari_unet.widgets._workers import segment_in_worker
+
+    set_threads(threads)
+    model_path = load_model(model_name).path
+
+    def run() -> None:
+        for _ in segment_in_worker(image, model_path, None, {"axes": "YX", "probabilities": False}):
+            pass
+
+    worker = threading.Thread(target=run)
+    beats = [time.perf_counter()]
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.01)
+        beats.append(time.perf_counter())
+    return summary(beats, {"all": (beats[0], beats[-1])}, beats[-1] - beats[0])
+
+
 def main() -> int:
     args = parse_args()
     model = pick_model(args.model)
     load = os.getloadavg()[0]  # other processes competing for the cores make every gap longer
 
     import napari
-    from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_unet.synthetic import generate_nuclei
 
@@ -79,90 +201,26 @@ def main() -> int:
     viewer.add_image(image, name="nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")  # as the Plugins menu does
     widget.select_model(model)
-
-    beats: list[float] = []
-    heartbeat = QTimer()
-    heartbeat.setInterval(10)
-    heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
-
-    def measure(threads: str) -> dict[str, float]:
-        if threads == "auto":
-            os.environ.pop("NAPARI_UNET_THREADS", None)
-        else:
-            os.environ["NAPARI_UNET_THREADS"] = threads
-        done: list[str] = []
-        events: list[float] = []  # arrival times of the worker's events on the main thread
-        loop = QEventLoop()
-        widget.run_finished.connect(done.append)
-        widget.run_finished.connect(loop.quit)
-        original = widget._on_event
-
-        def timed(run: object, event: object) -> None:
-            events.append(time.perf_counter())
-            original(run, event)
-
-        widget._on_event = timed
-        beats.clear()
-        heartbeat.start()
-        started = time.perf_counter()
-        beats.append(started)
-        widget.run_button.click()
-        loop.exec()
-        ended = time.perf_counter()
-        beats.append(ended)
-        heartbeat.stop()
-        widget.run_finished.disconnect()
-        del widget._on_event
-        if done[0] != "done":
-            raise SystemExit(f"the run ended with {done[0]}: {widget.status.text()}")
-        phases = {"all": (started, ended), "start": (started, events[0]), "tiles": (events[0], events[-1]),
-                  "finish": (events[-1], ended)}
-        result = {"seconds": ended - started}
-        for name, (low, high) in phases.items():
-            gaps = [(b - a) * 1000 for a, b in zip(beats, beats[1:]) if low <= b and a <= high]
-            result[name] = max(gaps, default=0.0)
-            result[f"{name} p99"] = percentile(gaps, 99) if gaps else 0.0
-        return result
-
-    # a warm-up run loads the model and lets torch allocate, as a user's first run would; it is reported too
+    heartbeat = Heartbeat()
     auto = max(1, (os.cpu_count() or 1) - 1)
-    def baseline(redraw: bool, seconds: float = 3.0) -> dict[str, float]:
-        """The heartbeat with no segmentation: idle, or with the canvas redrawn 10 times a second (what any
-        visible change costs napari on this machine's renderer)."""
-        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
-        nudge = QTimer()
-        nudge.setInterval(100)
-        steps = [1.001, 1 / 1.001]  # zoom in and out by a hair: a full redraw, the view stays put
-        nudge.timeout.connect(lambda: (setattr(camera, "zoom", camera.zoom * steps[0]), steps.reverse()))
-        beats.clear()
-        heartbeat.start()
-        if redraw:
-            nudge.start()
-        loop = QEventLoop()
-        QTimer.singleShot(int(seconds * 1000), loop.quit)
-        loop.exec()
-        nudge.stop()
-        heartbeat.stop()
-        gaps = [(b - a) * 1000 for a, b in zip(beats, beats[1:])]
-        result = {"seconds": seconds}
-        for name in ("all", "start", "tiles", "finish"):
-            result[name], result[f"{name} p99"] = (max(gaps), percentile(gaps, 99)) if name == "all" else (0.0, 0.0)
-        return result
 
-    rows = [("no run, idle", baseline(False)), ("no run, 10 redraws/s", baseline(True))]
-    rows.append((f"warm-up: auto ({auto})", measure("auto")))
+    rows = [("no run, idle", measure_viewer_alone(viewer, heartbeat, redraw=False)),
+            ("no run, 10 redraws/s", measure_viewer_alone(viewer, heartbeat, redraw=True)),
+            # the first run loads the model and lets torch allocate, as a user's first run would
+            (f"first run: auto ({auto})", measure_run(widget, heartbeat, "auto"))]
     for threads in (t.strip() for t in args.threads.split(",")):
         for _ in range(args.repeats):
-            rows.append((f"auto ({auto})" if threads == "auto" else threads, measure(threads)))
+            rows.append((f"auto ({auto})" if threads == "auto" else threads, measure_run(widget, heartbeat, threads)))
     viewer.close()
+    rows.append((f"no viewer: worker ({auto})", measure_worker_alone(image, model, "auto")))
 
     print(f"\nUI responsiveness: Segment widget on a {args.size} x {args.size} image, model {model!r}, "
           f"{os.cpu_count()} CPU cores, 10 ms heartbeat, load average before the runs {load:.1f}")
     print("gaps between heartbeats in ms: worst (99th percentile)")
-    print(f"{'torch threads':<22}{'run s':>7}{'whole run':>16}{'start':>16}{'tiles':>16}{'finish':>16}")
+    print(f"{'torch threads':<26}{'run s':>7}{'whole run':>16}{'start':>16}{'tiles':>16}{'finish':>16}")
     for label, r in rows:
-        cells = "".join(f"{cell(r, phase):>16}" for phase in ("all", "start", "tiles", "finish"))
-        print(f"{label:<22}{r['seconds']:>7.1f}{cells}")
+        cells = "".join(f"{cell(r, phase):>16}" for phase in PHASES)
+        print(f"{label:<26}{r['seconds']:>7.1f}{cells}")
     return 0
 
 
