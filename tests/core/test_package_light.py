@@ -35,3 +35,8 @@ def test_reader_finds_files_without_heavy_imports(tmp_path):
     path = tmp_path / "x.tif"
     path.write_bytes(b"II*\x00")
     assert _loaded_after(f"from napari_unet._reader import get_reader; assert get_reader({str(path)!r})") == []
+
+
+def test_opening_the_widgets_module_does_not_import_torch():
+    statement = "import napari_unet.widgets.segment_widget, napari_unet.widgets.finetune_widget"
+    assert "torch" not in _loaded_after(statement), "torch is imported in the background once a widget opens"

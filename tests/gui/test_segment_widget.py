@@ -258,7 +258,7 @@ def test_pickers_follow_the_layer_list(viewer, segment_widget, nuclei):
     assert picker.layer is viewer.layers["b"]
 
 
-def test_model_picker_lists_the_library_with_model_cards(segment_widget, make_tiny_model):
+def test_model_picker_lists_the_library_with_model_cards(qtbot, segment_widget, make_tiny_model):
     make_tiny_model("another")
     picker = segment_widget.model_picker
     picker.refresh()
@@ -266,8 +266,9 @@ def test_model_picker_lists_the_library_with_model_cards(segment_widget, make_ti
     assert names[-1] == "Browse..." and {"tiny", "another"} <= set(names)
     assert picker.select("another") and picker.model_name == "another"
     assert "task: instance" in picker.toolTip()
-    assert segment_widget.device_picker.itemText(0) == "auto" and "cpu" in [
-        segment_widget.device_picker.itemText(i) for i in range(segment_widget.device_picker.count())]
+    devices = segment_widget.device_picker
+    qtbot.waitUntil(lambda: devices.ready, timeout=30_000)  # listed by a background warm-up
+    assert devices.itemText(0) == "auto" and "cpu" in [devices.itemText(i) for i in range(devices.count())]
 
 
 def test_probability_layers(qtbot, viewer, segment_widget, nuclei, run_segment):

@@ -6,6 +6,7 @@ the command line shows up without restarting napari.
 """
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +140,71 @@ class ModelPicker(QComboBox):
 
 
 class DevicePicker(QComboBox):
-    """"auto" first, then what PyTorch really sees here (CUDA devices, MPS) and the CPU."""
+    """"auto" first, then what PyTorch really sees here (CUDA devices, MPS) and the CPU.
+
+    Importing torch takes seconds, so the list starts as "auto" alone and is completed by a background
+    warm-up, which also imports the inference and training code: the widget opens at once and the first run
+    starts without that wait.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from napari_unet.core.devices import available_devices  # imports torch: only once a widget opens
-
-        self.addItems(available_devices())
+        self.addItem("auto")
         self.setToolTip("Where to compute. 'auto' picks a CUDA GPU, then Apple MPS, then the CPU.")
+        _when_devices_known(self)
 
     @property
     def device(self) -> str:
         return self.currentText() or "auto"
+
+    @property
+    def ready(self) -> bool:
+        """True once the devices PyTorch sees are listed."""
+        return self.count() > 1
+
+    def set_devices(self, names: list[str]) -> None:
+        current = self.currentText()
+        self.clear()
+        self.addItems(names)
+        self.setCurrentIndex(max(0, self.findText(current)))
+
+
+_DEVICES: list[str] = []  # what available_devices() said, once the warm-up has run
+_WAITING: list[weakref.ref[DevicePicker]] = []
+_WARM_UP: list[Any] = []  # the running warm-up worker, kept alive until it is done
+
+
+def _warm_up() -> list[str]:
+    """Import torch and the core's heavy modules (in a worker thread) and list the devices."""
+    import napari_unet.core.inference
+    import napari_unet.core.training  # noqa: F401 - imported now so that the first run does not wait
+    from napari_unet.core.devices import available_devices
+
+    return available_devices()
+
+
+def _when_devices_known(picker: DevicePicker) -> None:
+    if _DEVICES:
+        picker.set_devices(_DEVICES)
+        return
+    _WAITING.append(weakref.ref(picker))
+    if _WARM_UP:
+        return
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(_warm_up, _start_thread=False)
+    worker.returned.connect(_devices_known)
+    worker.finished.connect(_WARM_UP.clear)
+    _WARM_UP.append(worker)
+    worker.start()
+
+
+def _devices_known(names: list[str]) -> None:
+    from qtpy.compat import isalive
+
+    _DEVICES[:] = names
+    for ref in _WAITING:
+        picker = ref()
+        if picker is not None and isalive(picker):
+            picker.set_devices(names)
+    _WAITING.clear()
