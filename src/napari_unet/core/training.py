@@ -53,7 +53,8 @@ from napari_unet.core.versions import annotation_snapshot, package_versions
 
 Progress = Callable[[int, int, str], Any]
 LOSS_WINDOW = 10  # steps averaged for the reported training loss
-MIN_FRACTION_BEFORE_EARLY_STOP = 0.3  # early validations move too much to call a plateau
+MIN_FRACTION_BEFORE_EARLY_STOP = 0.5  # early validations move too much (and fine-tuning first unsettles
+# a pretrained model) to call a plateau
 
 
 @dataclass
@@ -135,7 +136,7 @@ def finetune_steps(
     statistics from earlier training) keeps batch-norm statistics as they are; ``mixed_precision``
     (default: on CUDA, and on CPUs with native bf16) trains in reduced precision. ``w0`` and ``sigma`` are
     the weight map's separation term (instance models); ``validations`` how many times a run validates;
-    ``patience`` how many validations without improvement end it early (after 30 % of the run).
+    ``patience`` how many validations without improvement end it early (not before half of the run).
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
