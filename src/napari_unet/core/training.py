@@ -53,8 +53,8 @@ from napari_unet.core.versions import annotation_snapshot, package_versions
 
 Progress = Callable[[int, int, str], Any]
 LOSS_WINDOW = 10  # steps averaged for the reported training loss
-MIN_FRACTION_BEFORE_EARLY_STOP = 0.5  # early validations move too much (and fine-tuning first unsettles
-# a pretrained model) to call a plateau
+# Early validations move too much (and fine-tuning first unsettles a pretrained model) to call a plateau.
+MIN_FRACTION_BEFORE_EARLY_STOP = 0.5
 
 
 @dataclass
