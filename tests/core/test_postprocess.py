@@ -7,7 +7,14 @@ import zarr
 from skimage.segmentation import find_boundaries
 
 from napari_unet.core.axes import Layout
-from napari_unet.core.postprocess import InstanceLabeller, SemanticLabeller, class_labels, fill, instance_labels
+from napari_unet.core.postprocess import (
+    InstanceLabeller,
+    ObjectFilter,
+    SemanticLabeller,
+    class_labels,
+    fill,
+    instance_labels,
+)
 from napari_unet.core.tiling import plan_tiles
 from napari_unet.core.unet import UNetConfig
 
@@ -42,12 +49,12 @@ def scene_2d(shape=(150, 190)):
     return labels
 
 
-def label_blockwise(probabilities, tile, layout=None, labeller_cls=InstanceLabeller, out=None):
+def label_blockwise(probabilities, tile, layout=None, labeller_cls=InstanceLabeller, out=None, **options):
     """Feed probabilities tile by tile through a labeller, as inference does."""
     shape = probabilities.shape[1:]
     layout = layout or Layout.create("YX" if len(shape) == 2 else "ZYX", shape, "YX" if len(shape) == 2 else "ZYX")
     labels = np.zeros(layout.output_shape, np.int32) if out is None else out
-    labeller = labeller_cls(labels, layout)
+    labeller = labeller_cls(labels, layout, **options)
     plan = plan_tiles(UNetConfig(spatial_dims=len(shape), padding="same", depth=2), shape, (tile,) * len(shape),
                       margin=4)
     labeller.start_plane({}, plan)
@@ -160,3 +167,44 @@ def test_small_blocks_need_halos_from_several_neighbours(tile):
     probabilities = probabilities_from(truth, seed=3)
     labels, _, _ = label_blockwise(probabilities, tile=tile)
     assert same_partition(labels, instance_labels(probabilities))
+
+
+def specks_and_nuclei(shape=(128, 128)):
+    """Twelve nuclei of about 110 px, a 40 px bar cut in halves by the tile border at x = 64 (kept: each half
+    alone would be small enough to drop), and three specks of 4 px, one of them across that border."""
+    labels = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = [(16 + 32 * (i // 4), 12 + 34 * (i % 4)) for i in range(12)]
+    for n, (cy, cx) in enumerate(centres, 1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = n
+    labels[100:104, 54:74] = 0
+    labels[100:104, 59:69] = 13
+    specks = [(118, 63), (118, 30), (118, 100)]
+    for n, (y, x) in enumerate(specks, 14):
+        labels[y:y + 2, x:x + 2] = n
+    return labels, specks
+
+
+def test_specks_are_dropped_and_nuclei_kept_however_the_image_is_cut():
+    truth, specks = specks_and_nuclei()
+    probabilities = probabilities_from(truth, noise=0.0)
+    probabilities[:, truth > 13] = np.array([[0.1], [0.8], [0.1]])  # all interior, as a network firing on noise
+    whole = instance_labels(probabilities)
+    assert whole.max() == 13 and len(np.unique(whole[truth == 13])) == 1
+    assert all(whole[y, x] == 0 for y, x in specks)
+    blockwise, labeller, plan = label_blockwise(probabilities, tile=64)
+    assert len(plan.axes[1].starts) >= 2  # the speck at x = 63..64 is cut by a block border
+    assert labeller.objects == 13 and same_partition(blockwise, whole)
+    kept = instance_labels(probabilities, ObjectFilter(0, 0))
+    assert kept.max() == 16 and all(kept[y, x] > 0 for y, x in specks)
+
+
+def test_the_size_bound_follows_the_median_object():
+    """Small nuclei are kept where all nuclei are small; the same object among large ones is dropped."""
+    objects = ObjectFilter(min_size=8, min_fraction=0.2)
+    assert objects.keep(np.array([20, 22, 25, 30])).all()
+    np.testing.assert_array_equal(objects.keep(np.array([20, 400, 420, 450])), [False, True, True, True])
+    np.testing.assert_array_equal(objects.keep(np.array([5, 7, 9])), [False, False, True])
+    assert objects.keep(np.array([], dtype=np.int64)).shape == (0,)
+    with pytest.raises(ValueError, match="min_fraction"):
+        ObjectFilter(min_fraction=1.5)

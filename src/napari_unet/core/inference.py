@@ -176,8 +176,10 @@ class _Run:
                                                          self.network.half)
         self.plan: TilePlan = plan_tiles(self.net_config, self.layout.spatial_shape, self.tiles, self.overlap)
         self.timings["setup"] = time.perf_counter() - t0  # network copy, receptive field (once per architecture)
-        kind = InstanceLabeller if self.config.task == "instance" else SemanticLabeller
-        self.labeller = kind(self.labels, self.layout)
+        if self.config.task == "instance":
+            self.labeller = InstanceLabeller(self.labels, self.layout, self.config.object_filter)
+        else:
+            self.labeller = SemanticLabeller(self.labels, self.layout)
         self.planes = list(self.layout.planes())
         self.touched: list[dict[str, int]] = []
         self.current = -1  # plane being labelled

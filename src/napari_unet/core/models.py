@@ -33,6 +33,7 @@ from napari_unet.core.library import (
     target_folder,
 )
 from napari_unet.core.normalization import Normalization
+from napari_unet.core.postprocess import ObjectFilter
 from napari_unet.core.unet import UNet, UNetConfig
 
 FORMAT = "napari-unet-model"
@@ -55,6 +56,7 @@ class ModelConfig:
     name: str = ""
     description: str = ""
     ignore_value: int | None = None  # label value that marks unannotated pixels in training data
+    object_filter: ObjectFilter = field(default_factory=ObjectFilter)  # instance models: which objects to drop
     card: dict[str, Any] = field(default_factory=dict)  # intended images, training data, metrics, limits
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per training run
     provenance: dict[str, Any] = field(default_factory=dict)  # parent, date, data fingerprint, versions
@@ -90,6 +92,7 @@ class ModelConfig:
             "network": self.network.to_dict(),
             "normalization": self.normalization.to_dict(),
             "ignore_value": self.ignore_value,
+            "object_filter": self.object_filter.to_dict(),
             "card": self.card,
             "history": self.history,
             "provenance": self.provenance,
@@ -114,6 +117,7 @@ class ModelConfig:
                 name=str(data.get("name", "")),
                 description=str(data.get("description", "")),
                 ignore_value=data.get("ignore_value"),
+                object_filter=ObjectFilter.from_dict(data.get("object_filter") or {}),
                 card=dict(data.get("card") or {}),
                 history=list(data.get("history") or []),
                 provenance=dict(data.get("provenance") or {}),
