@@ -111,7 +111,8 @@ def test_segment_warning_in_the_worker_does_not_stop_the_run(setup, qtbot, notes
     _paced(monkeypatch, warn_at=2)
     assert _run(qtbot, widget) == "done"
     assert_idle(widget, "Segment")
-    assert notes.severe() == [] or len(notes.about("odd values")) == 1, notes.shown
+    assert notes.severe() == notes.about("Segment", "tile 2 had odd values"), notes.shown
+    assert len(notes.severe()) == 1, "the warning is shown, once"
     (output,) = _plugin_labels(viewer)
     assert not output_record(output)["partial"] and output.data.any()
 
@@ -154,6 +155,23 @@ def test_finetune_fault_at_step_k(error, words, setup, finetune, qtbot, notes, l
     assert array_hash(user.data) == before
     assert folder_bytes(library) == files, "no new version, the base model unchanged"
     assert leftovers(library) == [] and not finetune.segment_again_button.isEnabled()
+
+
+def test_finetune_warning_in_the_worker_is_shown_once_and_training_goes_on(setup, finetune, qtbot, notes,
+                                                                           monkeypatch):
+    real = training._train_step
+
+    def step(*args, **kwargs):
+        warnings.warn("the batch had odd values", UserWarning, stacklevel=1)  # at every step: shown once
+        warnings.warn("a developer's deprecation", DeprecationWarning, stacklevel=1)  # never shown
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", step)
+    assert _run(qtbot, finetune) == "done"
+    assert_idle(finetune, "Fine-tune")
+    assert notes.severe() == notes.about("Fine-tune", "the batch had odd values"), notes.shown
+    assert len(notes.severe()) == 1
+    assert finetune.segment_again_button.isEnabled()
 
 
 # --------------------------------------------------------------------------------------------------------------

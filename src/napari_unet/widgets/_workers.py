@@ -5,6 +5,9 @@ out-of-memory error in particular) is turned into a warning and the worker never
 a widget that waits for ``finished`` or ``returned`` waits for ever. :func:`guarded` therefore wraps the core
 generator, catches everything, and ends every run with exactly one :class:`Outcome` that the widget handles on
 the main thread like any other yielded value.
+
+Warnings raised in a worker (NaN pixels treated as background, say) are caught by the worker too and would be
+lost; :func:`start_worker` shows each distinct one once as a napari notification.
 """
 from __future__ import annotations
 
@@ -43,22 +46,39 @@ def guarded(steps: Callable[[], Generator[Any, None, Any]]) -> Generator[Any, No
         yield Outcome("done", value=value)
 
 
+QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
+"""Warnings meant for developers, not for the person segmenting: never shown as notifications."""
+
+
 def start_worker(steps: Callable[[], Generator[Any, None, Any]], on_yield: Callable[[Any], None],
-                 owner: Any, cancel: Any) -> Any:
+                 owner: Any, cancel: Any, action: str) -> Any:
     """Start ``guarded(steps)`` in a napari generator worker; ``on_yield`` runs on the main thread.
 
     If ``owner`` (the dock widget) is destroyed first, as when napari closes mid-run, the run is cancelled and
-    its remaining events are dropped instead of reaching a deleted widget.
+    its remaining events are dropped instead of reaching a deleted widget. Warnings from the run are shown as
+    notifications headed by ``action`` ("Segment"), each distinct text once per run.
     """
     from napari.qt.threading import create_worker
+    from napari.utils.notifications import show_warning
     from qtpy.compat import isalive
 
     def deliver(event: Any) -> None:
         if isalive(owner):
             on_yield(event)
 
+    shown: set[str] = set()
+
+    def warn(args: tuple) -> None:  # ``args`` as for warnings.showwarning: (message, category, ...)
+        message, category = args[0], args[1]
+        text = str(message)
+        if issubclass(category, QUIET_WARNINGS) or text in shown or not isalive(owner):
+            return
+        shown.add(text)
+        show_warning(f"{action}: {text}")
+
     worker = create_worker(guarded, steps, _start_thread=False)
     worker.yielded.connect(deliver)
+    worker.warned.connect(warn)
     owner.destroyed.connect(cancel.cancel)
     worker.start()
     return worker

@@ -280,7 +280,7 @@ class FinetuneWidget(QWidget):
         self.plot.clear()
         self.segment_again_button.setEnabled(False)
         run["worker"] = start_worker(lambda: finetune_in_worker(model_path, samples, token, options),
-                                     lambda event: self._on_event(run, event), self, token)
+                                     lambda event: self._on_event(run, event), self, token, "Fine-tune")
         self.run_button.setText("Stop")
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
         self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s); you can go on painting.")

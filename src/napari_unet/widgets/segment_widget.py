@@ -279,7 +279,7 @@ class SegmentWidget(QWidget):
             "probabilities": run.probabilities,
         }
         run.worker = start_worker(lambda: segment_in_worker(crop, model_path, token, options),
-                                  lambda event: self._on_event(run, event), self, token)
+                                  lambda event: self._on_event(run, event), self, token, "Segment")
         self.run_button.setText("Cancel")
         self.progress_bar.set_progress(0, 0, "loading the model...")
         self.status.setText(f"Segmenting {layer.name} ({scope.description}) with {model_path.name}...")
