@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -85,6 +86,17 @@ def test_a_failing_save_leaves_the_old_model_and_no_temporary_files(saved, monke
     assert folder_digest(folder) == before
     assert sorted(p.name for p in library_dir().iterdir()) == ["cells"]
     load_model("cells")
+
+
+def test_a_saved_model_gets_the_permissions_of_any_new_folder(tmp_path):
+    """Shared with colleagues through a group folder, a model must be as readable as the user's umask says."""
+    previous = os.umask(0o022)
+    try:
+        folder = save_model(tiny_model(), tmp_path / "shared" / "nuclei-lab")
+    finally:
+        os.umask(previous)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "weights.safetensors").stat().st_mode & 0o777 == 0o644
 
 
 def test_attachments_are_saved_beside_the_weights():

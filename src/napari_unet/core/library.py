@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,24 @@ def target_folder(name_or_path: str | os.PathLike) -> Path:
     if os.sep in text or (os.altsep and os.altsep in text) or text.startswith((".", "~")):
         return Path(text).expanduser()
     return library_dir() / check_name(text)
+
+
+def staging_folder(target: Path, parent: Path | None = None) -> Path:
+    """A new, empty hidden folder beside ``target`` (or in ``parent``) to write a model into before it is
+    renamed into place.
+
+    Unlike ``tempfile.mkdtemp`` (always 0700) it gets the permissions the user's umask gives any new folder,
+    so that a model saved into a shared folder can be read by the colleagues it is shared with.
+    """
+    parent = target.parent if parent is None else parent
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = parent / f".{target.name}.saving-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def unique_name(base: str) -> str:

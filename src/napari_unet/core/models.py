@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +27,12 @@ from napari_unet.core.errors import InvalidInputError, ModelExistsError, ModelFi
 from napari_unet.core.library import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    library_dir,
     read_config_json,
     resolve_model_folder,
+    staging_folder,
     target_folder,
+    unique_name,
 )
 from napari_unet.core.normalization import Normalization
 from napari_unet.core.postprocess import ObjectFilter
@@ -305,20 +307,20 @@ def save_model(model: Model, name_or_path: str | os.PathLike, overwrite: bool = 
     """
     folder = target_folder(name_or_path)
     if folder.exists() and not overwrite:
-        from napari_unet.core.library import unique_name
-
         hint = f"; '{unique_name(folder.name)}' is free" if folder.parent.resolve() == _library_root() else ""
         raise ModelExistsError(f"a model already exists at {folder}{hint}. Choose another name or pass overwrite=True")
     folder.parent.mkdir(parents=True, exist_ok=True)
     config = replace(model.config, name=folder.name)
     config.provenance = {"package_version": __version__, **config.provenance}
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
+    staging = staging_folder(folder)
     try:
         from safetensors.torch import save_file
 
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.network.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
         (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+        # safetensors writes its file 0600; give it the mode the umask gave the config, as for any new file
+        os.chmod(staging / WEIGHTS_FILE, (staging / CONFIG_FILE).stat().st_mode & 0o777)
         for name, data in model.attachments.items():
             (staging / Path(name).name).write_bytes(data)
         _fsync_folder(staging)
@@ -332,8 +334,6 @@ def save_model(model: Model, name_or_path: str | os.PathLike, overwrite: bool = 
 
 
 def _library_root() -> Path:
-    from napari_unet.core.library import library_dir
-
     return library_dir().resolve()
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from napari_unet.core.library import (
     read_config_json,
     rename_model,
     resolve_model_folder,
+    staging_folder,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,7 +148,7 @@ def rollback(name: str) -> Path:
     base = version_base(source.name)
     for _ in range(100):
         target = library_dir() / next_version_name(base)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=library_dir()))
+        staging = staging_folder(target, library_dir())
         try:
             shutil.copytree(source, staging, dirs_exist_ok=True)
             config = read_config_json(staging / CONFIG_FILE)
