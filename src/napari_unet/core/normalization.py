@@ -58,7 +58,8 @@ class Normalization:
         if self.method == "none":
             return stats
         for c in range(channels):
-            values = sample_pixels(image[c])
+            with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, left out just below
+                values = sample_pixels(image[c])
             values = values[np.isfinite(values)]
             if values.size == 0:
                 continue
@@ -67,10 +68,16 @@ class Normalization:
         return stats
 
     def apply(self, x: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        """Normalise a channel-first block with statistics from :meth:`statistics`; NaN/Inf become 0."""
-        out = np.asarray(x, dtype=np.float32)
-        shape = (-1,) + (1,) * (out.ndim - 1)
-        out = (out - stats[:, 0].astype(np.float32).reshape(shape)) / stats[:, 1].astype(np.float32).reshape(shape)
+        """Normalise a channel-first block with statistics from :meth:`statistics`; NaN/Inf become 0.
+
+        Values beyond float32's range (float64 images) overflow to Inf and so become 0 as well, silently:
+        inference has already warned the user once about the image's non-finite values, per tile would be noise.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(x, dtype=np.float32)
+            shape = (-1,) + (1,) * (out.ndim - 1)
+            out = ((out - stats[:, 0].astype(np.float32).reshape(shape))
+                   / stats[:, 1].astype(np.float32).reshape(shape))
         if not np.isfinite(out).all():
             out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         return out
