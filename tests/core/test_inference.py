@@ -17,13 +17,7 @@ from napari_unet.core.runner import cpu_has_native_bfloat16
 from napari_unet.core.unet import UNet, UNetConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread, and a shared machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(dims=2, channels=1, task="instance", classes=3, depth=2, seed=0):

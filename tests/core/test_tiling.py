@@ -12,13 +12,7 @@ from napari_unet.core.tiling import _reflect, boundary_margin, plan_tiles, read_
 from napari_unet.core.unet import UNetConfig, output_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread, and a shared machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(dims=2, padding="same", depth=2, upsampling="bilinear", norm="batch", channels=1, classes=3,

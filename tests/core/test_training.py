@@ -20,13 +20,7 @@ from napari_unet.synthetic import generate_nuclei
 FAST = {"time_budget_s": None, "batch_size": 2, "validation_fraction": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores are shared by the whole test run; tiny networks gain nothing from more threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(task: str = "instance", padding: str = "same", spatial_dims: int = 2, classes: int = 3,
