@@ -50,8 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "data_seed": 20_000,  # images use seeds data_seed + i, far from the test seeds (1000...)
     "init_seed": 0,
     "train_seed": 0,
-    "steps": 3000,
-    "minutes": 24.0,
+    "steps": 6000,
+    "minutes": 45.0,
     "batch_size": 4,
     "patch": 128,
     "learning_rate": 3e-3,
@@ -73,8 +73,8 @@ INTENDED = ("single-channel 2D fluorescence images of stained nuclei (Z stacks a
 
 LIMITS = ("learned from generated images only: debris, dead or fragmented cells, saturated artefacts, "
           "cytoplasmic or membrane stains, brightfield or phase contrast and multi-channel images are outside "
-          "its experience; weakest on very noisy images (spurious small objects), on large, blurred touching "
-          "nuclei (merged) and on strongly textured ones (split), see the metrics; rescale images whose nuclei "
+          "its experience; weakest on crowded, very noisy images (touching nuclei merged or missed) and on large, "
+          "blurred touching nuclei (merged), see the metrics; rescale images whose nuclei "
           "are much smaller than 7 px or larger than 45 px across; a 2D model, so stacks are segmented plane by "
           "plane. Fine-tune it on a few corrected images of your own for the best results")
 

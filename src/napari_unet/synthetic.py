@@ -159,8 +159,8 @@ def random_style(rng: np.random.Generator) -> NucleiStyle:
     over a factor of six, signal over a factor of fifteen, every bit depth, weak to strong blur and noise)
     forces it to learn what a nucleus is instead. The blur is drawn relative to the radius, as a microscope's
     PSF and its nuclei scale together with magnification, so that small nuclei are never blurred away. The
-    photon scale is kept high enough that a typical nucleus collects a few tens of photons or more, so that
-    no sample is pure noise.
+    photon scale is kept high enough that a typical nucleus collects ten photons or more: as dim and noisy as
+    real low-light images get, yet never pure noise.
     """
     signal = _log_uniform(rng, 0.04, 0.6)
     radius = _log_uniform(rng, 3.5, 22.0)
@@ -184,7 +184,7 @@ def random_style(rng: np.random.Generator) -> NucleiStyle:
         blur=max(0.5, radius * rng.uniform(0.05, 0.2)),  # the PSF in pixels grows with magnification
         illumination=rng.uniform(0.0, 0.6),
         background=_log_uniform(rng, 0.003, 0.15),
-        photon_scale=max(_log_uniform(rng, 150.0, 30000.0), 30.0 / signal),
+        photon_scale=max(_log_uniform(rng, 150.0, 30000.0), 10.0 / signal),
         read_noise=_log_uniform(rng, 0.0005, 0.02),
         bit_depth=int(rng.choice([8, 12, 16])),
         z_anisotropy=rng.uniform(1.0, 4.0),
