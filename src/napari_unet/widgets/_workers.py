@@ -46,6 +46,16 @@ def guarded(steps: Callable[[], Generator[Any, None, Any]]) -> Generator[Any, No
         yield Outcome("done", value=value)
 
 
+def set_up_once(button: Any, set_up: Callable[[], None]) -> None:
+    """Run ``set_up`` (starting a run) with ``button`` disabled: napari's activity panel processes events while
+    a run is being set up, and a second click then must not start a second run."""
+    button.setEnabled(False)
+    try:
+        set_up()
+    finally:
+        button.setEnabled(True)
+
+
 QUIET_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
 """Warnings meant for developers, not for the person segmenting: never shown as notifications."""
 

@@ -38,7 +38,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, explain, finetune_in_worker, start_worker
+from napari_unet.widgets._workers import Outcome, explain, finetune_in_worker, set_up_once, start_worker
 
 
 class PairRow(QWidget):
@@ -244,14 +244,8 @@ class FinetuneWidget(QWidget):
 
     def start(self) -> None:
         """Copy the samples and start training (what the Fine-tune button does)."""
-        if self._run is not None:
-            return
-        # napari's activity panel processes events while a run is set up: no second click may start another
-        self.run_button.setEnabled(False)
-        try:
-            self._start_run()
-        finally:
-            self.run_button.setEnabled(True)
+        if self._run is None:
+            set_up_once(self.run_button, self._start_run)
 
     def _start_run(self) -> None:
         from napari_unet.core.cancel import CancelToken

@@ -46,7 +46,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, explain, segment_in_worker, start_worker
+from napari_unet.widgets._workers import Outcome, explain, segment_in_worker, set_up_once, start_worker
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # core.runner.PRECISIONS, without importing torch here
 
@@ -238,12 +238,7 @@ class SegmentWidget(QWidget):
             self.cancel("cancelled")
 
     def _start(self) -> None:
-        # napari's activity panel processes events while a run is set up: no second click may start another
-        self.run_button.setEnabled(False)
-        try:
-            self._start_run()
-        finally:
-            self.run_button.setEnabled(True)
+        set_up_once(self.run_button, self._start_run)
 
     def _start_run(self) -> None:
         from napari_unet.core.cancel import CancelToken
