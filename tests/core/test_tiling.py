@@ -144,6 +144,8 @@ def test_read_tile_pads_zeros_or_mirrors_and_flags_bad_pixels():
 
 
 EXACT = 2e-5  # float32 round-off through a few dozen layers
+# Exactness is a float32 property: "auto" precision is bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX).
+FLOAT32 = {"device": "cpu", "precision": "float32"}
 
 
 @pytest.mark.parametrize("padding, upsampling", [("same", "bilinear"), ("same", "transposed"),
@@ -152,7 +154,7 @@ EXACT = 2e-5  # float32 round-off through a few dozen layers
 def test_tiled_equals_whole_image_2d(padding, upsampling, shape):
     model = make_model(padding=padding, upsampling=upsampling)
     image = np.random.default_rng(sum(shape)).normal(100, 20, shape).astype(np.float32)
-    result = segment(image, model, tile_shape=64, device="cpu")
+    result = segment(image, model, tile_shape=64, **FLOAT32)
     if shape == (117, 203):
         assert np.prod([len(a.starts) for a in plan_tiles(model.config.network, shape, (64, 64)).axes]) > 4
     np.testing.assert_allclose(result.probabilities, whole_image(model, image), atol=EXACT)
@@ -163,14 +165,14 @@ def test_tiled_equals_whole_image_3d(padding):
     model = make_model(dims=3, padding=padding, depth=1, upsampling="transposed")
     image = np.random.default_rng(3).random((9, 45, 38)).astype(np.float32)
     tile = (16, 32, 32) if padding == "same" else (20, 24, 24)
-    result = segment(image, model, tile_shape=tile, device="cpu", axes="ZYX")
+    result = segment(image, model, tile_shape=tile, **FLOAT32, axes="ZYX")
     np.testing.assert_allclose(result.probabilities, whole_image(model, image), atol=EXACT)
 
 
 def test_tiled_multichannel_equals_whole_image():
     model = make_model(channels=2, task="semantic", classes=4)
     image = np.random.default_rng(5).random((70, 90, 2)).astype(np.float32)  # YXC
-    result = segment(image, model, axes="YXC", tile_shape=64, device="cpu")
+    result = segment(image, model, axes="YXC", tile_shape=64, **FLOAT32)
     np.testing.assert_allclose(result.probabilities, whole_image(model, np.moveaxis(image, -1, 0)), atol=EXACT)
     np.testing.assert_array_equal(result.labels, result.probabilities.argmax(0))
 
@@ -178,7 +180,7 @@ def test_tiled_multichannel_equals_whole_image():
 def test_tta_tiled_equals_tta_whole_image():
     model = make_model()
     image = np.random.default_rng(7).random((100, 76)).astype(np.float32)
-    result = segment(image, model, tile_shape=64, tta=True, device="cpu")
+    result = segment(image, model, tile_shape=64, tta=True, **FLOAT32)
     flipped = [whole_image(model, image[::sy, ::sx])[:, ::sy, ::sx] for sy in (1, -1) for sx in (1, -1)]
     # whole-image flips only commute with the zero padding when the size is a multiple of 2**depth
     np.testing.assert_allclose(result.probabilities[:, :100, :76], np.mean(flipped, axis=0), atol=EXACT)
