@@ -21,6 +21,10 @@ architecture in 2D, a smaller one in 3D.
 
 On a busy machine use ``--repeat 2`` (every method twice, in rounds, keeping the faster run) and compare CPU
 times; ``--only 4096 20000`` reruns some images, ``--threads N`` sets torch's thread count.
+
+Every method computes in float32 (``--precision float32``, the default here), so that the deviations measure
+the tiling and nothing else. ``--precision auto`` times ``segment()`` as a user gets it, which is bfloat16
+autocast on CPUs with native bfloat16 (AVX512-BF16, AMX); the other methods stay in float32.
 """
 from __future__ import annotations
 
@@ -133,7 +137,7 @@ def run_method(spec: dict) -> dict:
         from napari_unet.core.inference import segment
 
         keep = method == "ours"
-        result = segment(image, model, device="cpu", probabilities=keep,
+        result = segment(image, model, device="cpu", probabilities=keep, precision=spec["precision"],
                          out=out if method == "ours 20k zarr" else None)
         probabilities = result.probabilities
         info = {"tile": list(result.tile_shape), "batch": result.batch_size, "objects": result.objects,
@@ -280,6 +284,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every method this many times, in rounds, and keep the fastest (steadier on a "
                         "busy machine)")
+    parser.add_argument("--precision", choices=("float32", "auto"), default="float32",
+                        help="segment()'s precision (default float32, as the other methods)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -289,21 +295,22 @@ def main() -> None:
     import torch
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {args.threads or os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f}", flush=True)
+          f"threads {args.threads or os.cpu_count()}, segment() precision {args.precision}, load average at start {os.getloadavg()[0]:.2f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-"))
     rows = []
     try:
         for size, image in make_images(work, args.quick, args.only):
-            rows += bench_image(size, image, work, args.threads, max(args.repeat, 1))
+            rows += bench_image(size, image, work, args.threads, max(args.repeat, 1), args.precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"# load average at end {os.getloadavg()[0]:.2f}")
     print_table(rows)
 
 
-def bench_image(size: str, image: Path, work: Path, threads: int | None, repeat: int) -> list[dict]:
+def bench_image(size: str, image: Path, work: Path, threads: int | None, repeat: int,
+                precision: str) -> list[dict]:
     """Every method on one image, each in its own process; rows for the table."""
-    common = {"size": size, "image": str(image), "threads": threads}
+    common = {"size": size, "image": str(image), "threads": threads, "precision": precision}
     if size.endswith("zarr"):
         result = run_worker({**common, "method": "ours 20k zarr", "out": str(work / "labels.zarr")})
         megapixels = np.prod([int(n) for n in size.split()[0].split("x")]) / 1e6
