@@ -35,12 +35,15 @@ def test_demo_screenshot(tmp_path, tiny_model, isolated_home):
     if not os.environ.get("DISPLAY"):
         pytest.skip("needs a display (pytest-xvfb provides one)")
     path = tmp_path / "demo.png"
+    library_before = sorted(p.relative_to(isolated_home) for p in isolated_home.rglob("*"))
     result = subprocess.run(
         [sys.executable, "-m", "napari_unet.cli", "demo", "--screenshot", str(path), "--model", "tiny",
-         "--size", "1000x700", "--timeout", "240"],
+         "--finetune", "5", "--size", "1000x700", "--timeout", "240"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "NAPARI_UNET_HOME": str(isolated_home)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "using the model 'tiny'" in result.stderr, "the demo says which model it uses"
+    # the version the demo fine-tuned lived in a throwaway folder: the user's library is as it was
+    assert sorted(p.relative_to(isolated_home) for p in isolated_home.rglob("*")) == library_before
     picture = imread(path)
     assert picture.shape[0] >= 600 and picture.shape[1] >= 900
     assert len(np.unique(picture.reshape(-1, picture.shape[-1]), axis=0)) > 50

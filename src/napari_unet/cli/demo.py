@@ -3,13 +3,18 @@
 With ``--screenshot PATH`` the demo presses Segment itself, waits for the labels, saves a PNG of the whole
 window and exits (it works under a virtual display such as ``xvfb-run``), which is how the README's pictures
 are made and how a machine without a screen can check that the plugin works end to end. ``--finetune
-SECONDS`` also fine-tunes on the sample's ground truth and segments again before the picture is taken.
+SECONDS`` also fine-tunes on the sample's ground truth and segments again before the picture is taken. A
+screenshot run keeps its models and autosaves in a temporary folder, so it leaves the user's library as it was.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
-from typing import Any
+import tempfile
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 DEFAULT_MODEL = "nuclei"
 
@@ -61,7 +66,14 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--size takes WIDTHxHEIGHT in pixels, such as 1400x900, not {args.size!r}") from None
     model, note = choose_model(args.model)
     print(f"napari-unet demo: {note}", file=sys.stderr)
+    if args.screenshot:
+        with _throwaway_home():
+            return _open(args, model, note, width, height)
+    return _open(args, model, note, width, height)
 
+
+def _open(args: argparse.Namespace, model: str, note: str, width: int, height: int) -> int:
+    """The demo window; with ``--screenshot``, the scripted run that ends in the picture."""
     import napari
 
     viewer = napari.Viewer(title="napari-unet demo")
@@ -84,6 +96,23 @@ def run(args: argparse.Namespace) -> int:
         napari.run()
         return 0
     return _screenshot(napari, viewer, segment, finetune, image, args)
+
+
+@contextmanager
+def _throwaway_home() -> Iterator[None]:
+    """A temporary user data folder for a screenshot run: the version ``--finetune`` saves and the autosaved
+    labels are for the picture, not for the user's library."""
+    previous = os.environ.get("NAPARI_UNET_HOME")
+    folder = tempfile.mkdtemp(prefix="napari-unet-demo-")
+    os.environ["NAPARI_UNET_HOME"] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("NAPARI_UNET_HOME", None)
+        else:
+            os.environ["NAPARI_UNET_HOME"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _screenshot(napari: Any, viewer: Any, segment: Any, finetune: Any, image: Any, args: argparse.Namespace) -> int:
