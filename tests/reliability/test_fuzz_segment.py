@@ -81,6 +81,7 @@ def images(draw) -> tuple[np.ndarray, str]:
 
 @FUZZ
 @given(case=images(), rgb=st.booleans(), axes_given=st.booleans())
+@pytest.mark.filterwarnings("ignore:the image has NaN or infinite pixels")  # documented, tested on its own
 def test_segment_gives_labels_of_the_right_shape_or_a_value_error(models, case, rgb, axes_given):
     from types import SimpleNamespace
 
