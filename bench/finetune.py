@@ -18,7 +18,8 @@ turns each budget B into a run of B / S steps instead (no time limit), S being t
 machine gives in B seconds, whatever the load while the benchmark runs. ``--no-scratch`` skips the
 from-scratch runs.
 
-The run also times one training step of the default architecture (batch 4 and 8 of 128x128 patches).
+The run also times one float32 training step of the starting model's architecture (batch 4 and 8 of 128x128
+patches).
 
 Run ``python bench/finetune.py`` (about 25 minutes on an idle 2-core CPU; ``--budgets 10 60 --seeds 1`` for a
 quick look).
@@ -80,11 +81,11 @@ def starting_model(name: str | None, pretrain_steps: int, size: int) -> tuple[Mo
                    f"({model.config.provenance['time_s']:.0f} s) on 8 images of the 'default' style")
 
 
-def step_time(batch: int, patch: int, repeats: int = 5) -> float:
-    """Seconds per optimisation step (forward, loss, backward, AdamW) of the default architecture."""
+def step_time(architecture: UNetConfig, batch: int, patch: int, repeats: int = 5) -> float:
+    """Seconds per optimisation step (forward, loss, backward, AdamW) of a network of ``architecture``."""
     from napari_unet.core.losses import segmentation_loss
 
-    network = Model.from_config(ModelConfig(DEFAULT_ARCHITECTURE), seed=0).network.train()
+    network = Model.from_config(ModelConfig(architecture), seed=0).network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
     x = torch.randn(batch, 1, patch, patch)
     classes = torch.randint(0, 3, (batch, patch, patch))
@@ -122,11 +123,12 @@ def main() -> None:
     threads = configure_cpu_threads(interactive=False)
     os.environ.setdefault("NAPARI_UNET_HOME", tempfile.mkdtemp(prefix="napari-unet-bench-"))
     print(f"CPU threads: {threads}; load average at start: {os.getloadavg()[0]:.2f}")
-    for batch in (4, 8):
-        print(f"default architecture, one training step, batch {batch} x 128x128: {step_time(batch, 128):.3f} s")
-
     model, origin = starting_model(args.model, args.pretrain_steps, args.size)
     print(f"starting model: {origin}")
+    architecture = model.config.network
+    for batch in (4, 8):
+        print(f"its architecture ({architecture.base_features} base features), one float32 training step, "
+              f"batch {batch} x 128x128: {step_time(architecture, batch, 128):.3f} s")
     shots = [Sample(image, labels) for image, labels in images(args.style, args.shots, args.size, SHOT_SEED)]
     tests = images(args.style, args.test_images, args.size, TEST_SEED)
     print(f"fine-tuning on {args.shots} image(s) of style {args.style!r} ({args.size}x{args.size}), scored on "
