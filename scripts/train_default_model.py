@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.models import Model, ModelConfig, load_model, save_model
+    from napari_unet.core.runner import cpu_has_native_bfloat16
     from napari_unet.core.training import finetune
     from napari_unet.core.unet import UNetConfig
 
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(table, ["model", "baseline"]))
     print(f"segment() on one {settings['eval_size']} px image: {seconds:.3f} s", flush=True)
 
+    arithmetic = "bfloat16 (a CPU with native bfloat16)" if cpu_has_native_bfloat16() else "float32"
     model.config.card = {
         "intended images": INTENDED,
         "training data": (f"{settings['images']} generated {settings['image_size']}x{settings['image_size']} "
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                           "blur, noise, background, illumination and density); no third-party images"),
         "metrics": metrics_line(table),
         "speed": f"{seconds:.2f} s for a {settings['eval_size']}x{settings['eval_size']} image on {threads} CPU "
-                 f"thread(s), post-processing included",
+                 f"thread(s) in {arithmetic}, post-processing included",
         "training": (f"{run['steps']} steps in {run['time_s'] / 60:.1f} min on {threads} CPU thread(s) "
                      f"(stopped by {run['stopped']}); rerun with python scripts/train_default_model.py"),
         "limits": LIMITS,
