@@ -19,7 +19,7 @@ _PUBLIC = {
     "segment": "napari_unet.core.inference",
     "SegmentResult": "napari_unet.core.inference",
     "finetune": "napari_unet.core.training",
-    "Sample": "napari_unet.core.training",
+    "Sample": "napari_unet.core.training_data",
     "Model": "napari_unet.core.models",
     "ModelConfig": "napari_unet.core.models",
     "load_model": "napari_unet.core.models",
@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from napari_unet.core.inference import SegmentResult, segment
     from napari_unet.core.library import list_models
     from napari_unet.core.models import Model, ModelConfig, load_model, save_model
-    from napari_unet.core.training import Sample, finetune
+    from napari_unet.core.training import finetune
+    from napari_unet.core.training_data import Sample
     from napari_unet.core.unet import UNetConfig
 
 

@@ -8,7 +8,7 @@ command line. Training from scratch is the same call with ``Model.from_config(co
 The recipe is built for a few annotated images and a minute of CPU:
 
 * patches of a size the network accepts, each placed so that an annotated training pixel falls in its output,
-  augmented (flips, rotations, elastic deformation, intensity) - see :mod:`napari_unet.core.augment`;
+  augmented (flips, rotations, elastic deformation, intensity) - see :mod:`napari_unet.core.training_data`;
 * targets and the U-Net weight map from :mod:`napari_unet.core.targets`, loss = weighted cross-entropy + soft
   Dice over annotated pixels (:mod:`napari_unet.core.losses`);
 * AdamW with a linear warm-up then a cosine decay over the run (measured in steps or in time, whichever limit
@@ -23,7 +23,6 @@ number of steps (and so the learning-rate schedule) depend on the machine's spee
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -33,40 +32,23 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from napari_unet.core.augment import NO_AUGMENTATION, Augmentation, extract_patch
+from napari_unet.core.augment import NO_AUGMENTATION, Augmentation
 from napari_unet.core.cancel import is_cancelled
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import Cancelled, InvalidInputError
-from napari_unet.core.holdout import Validation, hold_out_validation, validate
+from napari_unet.core.holdout import validate
 from napari_unet.core.losses import segmentation_loss
 from napari_unet.core.models import Model
-from napari_unet.core.targets import (
-    Item,
-    annotated_area,
-    check_classes,
-    instance_targets,
-    read_sample,
-    semantic_targets,
-)
-from napari_unet.core.unet import halo, min_input_size, nearest_valid_sizes, output_size
+from napari_unet.core.runner import cpu_has_native_bfloat16
+from napari_unet.core.training_data import Sample, TrainingData, prepare_data, sample_batch
 from napari_unet.core.versions import annotation_snapshot, package_versions
+
+__all__ = ["Sample", "TrainProgress", "finetune", "finetune_steps"]
 
 Progress = Callable[[int, int, str], Any]
 LOSS_WINDOW = 10  # steps averaged for the reported training loss
 # Early validations move too much (and fine-tuning first unsettles a pretrained model) to call a plateau.
 MIN_FRACTION_BEFORE_EARLY_STOP = 0.5
-
-
-@dataclass
-class Sample:
-    """One annotated image. ``labels`` has the image's shape without its channel axis; 0 is background (or
-    class 0), positive values are object ids (instance models) or class ids (semantic models). Only pixels
-    inside ``mask`` (if given) and not equal to the model's ignore value carry loss."""
-
-    image: Any
-    labels: Any
-    mask: Any = None
-    axes: str = "YX"
 
 
 @dataclass
@@ -88,19 +70,6 @@ class TrainProgress:
 
     def as_record(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "message"}
-
-
-@dataclass
-class _Data:
-    items: list[Item]  # padded so that every annotated pixel can sit in a patch's output
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
-    train_pixels: list[np.ndarray]  # flat indices of annotated training pixels, per item
-    item_probability: np.ndarray
-    validation: Validation | None
-    fingerprint: str
-    annotated_pixels: int
-    annotations: list[tuple[np.ndarray, np.ndarray, str]]  # per sample: labels, annotated area, axes
 
 
 def finetune(
@@ -143,7 +112,7 @@ def finetune_steps(
     _check_options(time_budget_s, steps, batch_size, learning_rate, validation_fraction, validations, on_cancel)
     augmentation = augment if isinstance(augment, Augmentation) else (Augmentation() if augment else NO_AUGMENTATION)
     rng = np.random.default_rng(seed)
-    data = _prepare(model, samples, patch_shape, validation_fraction, w0, sigma, rng)
+    data = prepare_data(model, samples, patch_shape, validation_fraction, w0, sigma)
     target = resolve_device(device)
     tuned = model.copy()
     tuned.path, tuned.history = None, []
@@ -191,7 +160,7 @@ def finetune_steps(
         lr = learning_rate * _schedule(done, warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = _batch(data, batch_size, rng, augmentation, target)
+        batch = sample_batch(data, batch_size, rng, augmentation, target)
         loss = _train_step(network, optimizer, scaler, batch, freeze, precision)
         if not math.isfinite(loss):
             raise InvalidInputError(f"training diverged at step {step + 1} (loss {loss}); lower the learning "
@@ -268,17 +237,9 @@ def _precision(device: torch.device, requested: bool | None) -> torch.dtype | No
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
         if requested is None:
-            requested = _cpu_has_native_bf16()
+            requested = cpu_has_native_bfloat16()
         return torch.bfloat16 if requested else None
     return None  # MPS and others: float32
-
-
-def _cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16, AMX), where bf16 autocast is faster, not slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -334,141 +295,11 @@ def _record(step: int, steps: int | None, elapsed: float, budget: float | None, 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Data: samples -> padded items, patch geometry, batches
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _prepare(model: Model, samples: Sequence[Sample], patch_shape: int | Sequence[int] | None,
-             validation_fraction: float, w0: float, sigma: float, rng: np.random.Generator) -> _Data:
-    config = model.config
-    if isinstance(samples, Sample) or not len(samples):
-        raise InvalidInputError("give a list of one or more Sample(image, labels, mask=None, axes='YX')")
-    digest = hashlib.sha256()
-    items: list[Item] = []
-    annotations: list[tuple[np.ndarray, np.ndarray, str]] = []
-    for index, sample in enumerate(samples):
-        if not isinstance(sample, Sample):
-            raise InvalidInputError(f"sample {index} is a {type(sample).__name__}; wrap it as "
-                                    "Sample(image, labels, mask=None, axes='YX')")
-        try:
-            items += _sample_items(sample, index, model, w0, sigma, digest, annotations)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"sample {index}: {exc}") from None
-    input_shape, output_shape = _patch_geometry(config.network, [i.image.shape[1:] for i in items], patch_shape)
-    validation = hold_out_validation(items, validation_fraction, config.network, config.task)
-    annotated_pixels = sum(int(item.targets.annotated.sum()) for item in items)
-    if validation is not None:
-        annotated_pixels += validation.annotated_pixels
-    border = halo(config.network, input_shape[0]) if config.network.padding == "valid" else 0
-    items = [_pad(item, input_shape, border) for item in items]
-    train_pixels = [_flat_indices(item.targets.annotated) for item in items]
-    counts = np.array([len(p) for p in train_pixels], dtype=np.float64)
-    return _Data(items, input_shape, output_shape, train_pixels, counts / counts.sum(), validation,
-                 "sha256:" + digest.hexdigest(), annotated_pixels, annotations)
-
-
-def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: float, digest: Any,
-                  annotations: list[tuple[np.ndarray, np.ndarray, str]]) -> list[Item]:
-    """Check one sample and cut it into training items: one per annotated plane (2D models) or stack.
-    Feeds the data fingerprint and records the labels and annotated area for the model's snapshot."""
-    config = model.config
-    arrays = read_sample(sample.image, sample.labels, sample.mask, sample.axes, config.axes, config.in_channels)
-    dims = config.network.spatial_dims
-    annotated = annotated_area(arrays.labels, arrays.mask, config.ignore_value, dims)
-    if not annotated.any() or (arrays.mask is None and config.ignore_value is None and not arrays.labels.any()):
-        raise InvalidInputError(
-            "nothing is annotated: the labels are all background and no mask says where that background was "
-            "checked. Paint some objects, or pass a mask of the reviewed region"
-        )
-    if config.task == "semantic":
-        check_classes(arrays.labels, annotated, config.classes)
-    annotations.append((arrays.labels, annotated, arrays.axes))
-    stats = config.normalization.statistics(arrays.image)
-    digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}".encode())
-    items = []
-    for plane in np.ndindex(arrays.labels.shape[: arrays.labels.ndim - dims]):
-        plane_annotated = annotated[plane]
-        if not plane_annotated.any():
-            continue
-        raw = np.asarray(arrays.image[(slice(None), *plane)])
-        labels = arrays.labels[plane]
-        for part in (raw, np.where(plane_annotated, labels, 0), plane_annotated):
-            digest.update(np.ascontiguousarray(part).tobytes())
-        image = config.normalization.apply(raw, stats)
-        if config.task == "instance":
-            targets = instance_targets(labels, plane_annotated, w0, sigma)
-        else:
-            targets = semantic_targets(labels, plane_annotated, len(config.classes))
-        items.append(Item(image, targets, index))
-    return items
-
-
-def _patch_geometry(network: Any, shapes: list[tuple[int, ...]], requested: int | Sequence[int] | None
-                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Input and output patch shapes: valid sizes for the network, no larger than the items need."""
-    dims = network.spatial_dims
-    border = halo(network, min_input_size(network)) if network.padding == "valid" else 0
-    if requested is None:
-        default_output = (128, 128) if dims == 2 else (16, 64, 64)
-        largest = [max(shape[axis] for shape in shapes) for axis in range(dims)]
-        wanted = [min(d, n) + 2 * border for d, n in zip(default_output, largest)]
-    else:
-        wanted = [int(requested)] * dims if np.isscalar(requested) else [int(n) for n in requested]
-        if len(wanted) != dims:
-            raise InvalidInputError(f"patch_shape {requested!r} needs {dims} sizes for a {dims}D model")
-    input_shape = tuple(nearest_valid_sizes(network, max(n, 1))[1] for n in wanted)
-    return input_shape, tuple(output_size(network, n) for n in input_shape)
-
-
-def _pad(item: Item, input_shape: tuple[int, ...], border: int) -> Item:
-    """Mirror-pad the image (zero-pad the targets) so that any annotated pixel can be in a patch's output and
-    every item is at least one patch large."""
-    widths = []
-    for size, patch in zip(item.targets.classes.shape, input_shape):
-        extra = max(0, patch - (size + 2 * border))
-        widths.append((border + extra // 2, border + extra - extra // 2))
-    if not any(lo or hi for lo, hi in widths):
-        return item
-    t = item.targets
-    t.classes, t.weights, t.annotated = (np.pad(a, widths) for a in (t.classes, t.weights, t.annotated))
-    if t.instances is not None:
-        t.instances = np.pad(t.instances, widths)
-    item.image = np.pad(item.image, [(0, 0), *widths], mode="reflect")
-    return item
-
-
-def _flat_indices(mask: np.ndarray) -> np.ndarray:
-    """Flat indices of the True pixels, in 32 bits where they fit (half the memory for many images)."""
-    indices = np.flatnonzero(mask)
-    return indices.astype(np.int32) if mask.size < 2**31 else indices
-
-
-def _batch(data: _Data, batch_size: int, rng: np.random.Generator, augmentation: Augmentation,
-           device: torch.device) -> tuple[torch.Tensor, ...]:
-    """A batch of patches, each placed so that a random annotated training pixel lies in its output."""
-    patches = []
-    for _ in range(batch_size):
-        index = int(rng.choice(len(data.items), p=data.item_probability))
-        item = data.items[index]
-        pixels = data.train_pixels[index]
-        centre = np.unravel_index(int(pixels[rng.integers(len(pixels))]), item.targets.classes.shape)
-        origin = []
-        for c, size, patch, out in zip(centre, item.targets.classes.shape, data.input_shape, data.output_shape):
-            start = int(c) - (patch - out) // 2 - int(rng.integers(out))
-            origin.append(min(max(start, 0), size - patch))
-        t = item.targets
-        patches.append(extract_patch(item.image, t.classes, t.weights, t.annotated, tuple(origin),
-                                     data.input_shape, data.output_shape, rng, augmentation))
-    stacked = (np.stack([getattr(p, name) for p in patches]) for name in ("image", "classes", "weights", "annotated"))
-    return tuple(torch.from_numpy(a).to(device) for a in stacked)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Provenance
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _record_provenance(tuned: Model, parent: Model, data: _Data, seed: int, steps: int, seconds: float,
+def _record_provenance(tuned: Model, parent: Model, data: TrainingData, seed: int, steps: int, seconds: float,
                        reason: str, started_at: _dt.datetime, losses: list[float], best: dict[str, float],
                        settings: dict[str, Any]) -> None:
     """One history entry and the provenance of the tuned model (what it came from and what it learned on)."""
