@@ -296,7 +296,8 @@ def main() -> None:
     import torch
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {args.threads or os.cpu_count()}, segment() precision {args.precision}, load average at start {os.getloadavg()[0]:.2f}", flush=True)
+          f"threads {args.threads or os.cpu_count()}, segment() precision {args.precision}, "
+          f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-"))
     rows = []
     try:

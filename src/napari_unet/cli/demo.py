@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
+from unittest import mock
 
 DEFAULT_MODEL = "nuclei"
 
@@ -66,10 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--size takes WIDTHxHEIGHT in pixels, such as 1400x900, not {args.size!r}") from None
     model, note = choose_model(args.model)
     print(f"napari-unet demo: {note}", file=sys.stderr)
-    if args.screenshot:
-        with _throwaway_home():
-            return _open(args, model, note, width, height)
-    return _open(args, model, note, width, height)
+    with _throwaway_home() if args.screenshot else nullcontext():
+        return _open(args, model, note, width, height)
 
 
 def _open(args: argparse.Namespace, model: str, note: str, width: int, height: int) -> int:
@@ -102,17 +100,9 @@ def _open(args: argparse.Namespace, model: str, note: str, width: int, height: i
 def _throwaway_home() -> Iterator[None]:
     """A temporary user data folder for a screenshot run: the version ``--finetune`` saves and the autosaved
     labels are for the picture, not for the user's library."""
-    previous = os.environ.get("NAPARI_UNET_HOME")
-    folder = tempfile.mkdtemp(prefix="napari-unet-demo-")
-    os.environ["NAPARI_UNET_HOME"] = folder
-    try:
+    with tempfile.TemporaryDirectory(prefix="napari-unet-demo-", ignore_cleanup_errors=True) as folder, \
+            mock.patch.dict(os.environ, {"NAPARI_UNET_HOME": folder}):
         yield
-    finally:
-        if previous is None:
-            os.environ.pop("NAPARI_UNET_HOME", None)
-        else:
-            os.environ["NAPARI_UNET_HOME"] = previous
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _screenshot(napari: Any, viewer: Any, segment: Any, finetune: Any, image: Any, args: argparse.Namespace) -> int:
