@@ -37,6 +37,7 @@ from napari_unet.core.cancel import is_cancelled
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.holdout import validate
+from napari_unet.core.llvm_guard import keep_triton_out
 from napari_unet.core.losses import segmentation_loss
 from napari_unet.core.models import Model
 from napari_unet.core.runner import cpu_has_native_bfloat16
@@ -117,6 +118,7 @@ def finetune_steps(
     tuned = model.copy()
     tuned.path, tuned.history = None, []
     network = tuned.network.to(target)
+    keep_triton_out()  # the optimizer imports torch._dynamo, and with it Triton, which can crash beside OpenGL
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
     freeze = _freeze_batchnorm(network, batch_size) if freeze_batchnorm is None else freeze_batchnorm
     precision = _precision(target, mixed_precision)
