@@ -23,6 +23,16 @@ def test_demo_prefers_the_bundled_model_and_says_which_it_uses(tiny_model, tmp_p
     assert path.endswith("tiny") and note.startswith("using the model 'tiny'")
 
 
+def test_demo_without_a_display_says_how_to_get_one(tiny_model):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "demo", "--model", "tiny"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the check is for Linux, where Qt aborts without a display")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "xvfb-run -a napari-unet demo" in result.stderr
+
+
 def test_demo_without_any_model_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(library, "bundled_dir", lambda: tmp_path / "no-bundled-models")
     with pytest.raises(ValueError, match="--model"):

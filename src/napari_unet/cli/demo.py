@@ -57,9 +57,27 @@ def choose_model(requested: str | None) -> tuple[str, str]:
                             f"model '{info.name}' instead")
 
 
+def check_display(environ: dict[str, str] | None = None, platform: str | None = None) -> None:
+    """Refuse, with the fix, to open napari on a Linux machine without a screen: Qt would abort the process
+    with a message about its xcb plugin that says nothing of the cure."""
+    from napari_unet.core.errors import InvalidInputError
+
+    environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if not platform.startswith("linux") or environ.get("QT_QPA_PLATFORM"):
+        return
+    if not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"):
+        raise InvalidInputError(
+            "napari needs a display, and this machine has none (DISPLAY is not set). On a headless machine run "
+            "the demo on a virtual display: xvfb-run -a napari-unet demo --screenshot demo.png (Debian/Ubuntu: "
+            "apt-get install xvfb libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cursor0 libdbus-1-3), or "
+            "connect with ssh -X")
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_unet.core.errors import InvalidInputError
 
+    check_display()
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
