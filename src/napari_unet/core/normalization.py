@@ -19,6 +19,11 @@ Method = Literal["percentile", "none"]
 
 #: pixels per channel read to estimate the percentiles; more adds time, not accuracy
 SAMPLE_PIXELS = 2**22
+#: a sample is read in blocks of up to PLANE_EDGE along Y and X (whole planes of small images, which are
+#: mostly stored plane by plane) and BLOCK_EDGE along other axes, spread over at least MIN_BLOCKS places
+PLANE_EDGE = 256
+BLOCK_EDGE = 64
+MIN_BLOCKS = 64
 
 
 @dataclass(frozen=True)
@@ -84,23 +89,58 @@ class Normalization:
 
 
 def sample_pixels(array: Any, max_pixels: int = SAMPLE_PIXELS) -> np.ndarray:
-    """A flat float32 sample of at most about ``max_pixels`` values from a (possibly lazy) array.
+    """A flat float32 sample of about ``max_pixels`` values (at most twice that) from a (possibly lazy) array.
 
-    Small arrays are read whole. Larger ones are read as a regular grid of blocks spread over the array, so
-    the sample sees every region of the image while reading only a bounded number of chunks.
+    Small arrays are read whole. Larger ones are read as a regular grid of blocks spread over every axis, so
+    the sample sees every region of the image, whatever its number of axes (a TZYX stack as fairly as a YX
+    plane), while reading only a bounded number of chunks.
     """
-    size = math.prod(array.shape)
-    if size <= max_pixels:
+    shape = tuple(int(n) for n in array.shape)
+    if math.prod(shape) <= max_pixels:
         return np.asarray(array, dtype=np.float32).ravel()
-    block = 64
-    blocks_wanted = max(1, max_pixels // block**array.ndim)
-    per_axis = max(1, round(blocks_wanted ** (1 / array.ndim)))
-    starts = [
-        np.unique(np.linspace(0, max(n - block, 0), num=min(per_axis, max(1, n // block))).astype(int))
-        for n in array.shape
-    ]
+    block = _block_shape(shape, max_pixels)
+    counts = _block_counts(shape, block, max(1, max_pixels // math.prod(block)))
+    starts = [np.unique(np.linspace(0, n - b, num=k).round().astype(int)) for n, b, k in zip(shape, block, counts)]
     pieces = []
-    for origin in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, array.ndim):
-        index = tuple(slice(int(o), int(o) + block) for o in origin)
+    for origin in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape)):
+        index = tuple(slice(int(o), int(o) + b) for o, b in zip(origin, block))
         pieces.append(np.asarray(array[index], dtype=np.float32).ravel())
     return np.concatenate(pieces)
+
+
+def _block_shape(shape: tuple[int, ...], max_pixels: int) -> tuple[int, ...]:
+    """Blocks of up to ``PLANE_EDGE`` along the last two axes (the image plane, whole where it is small) and
+    ``BLOCK_EDGE`` along the others, within ``max_pixels / MIN_BLOCKS`` pixels: the axes nearest the plane get
+    what is left, at least 1 each, so there are always enough blocks to spread over every axis."""
+    budget = max(1, max_pixels // MIN_BLOCKS)
+    block = [1] * len(shape)
+    for axis in reversed(range(len(shape))):
+        edge = PLANE_EDGE if axis >= len(shape) - 2 else BLOCK_EDGE
+        block[axis] = max(1, min(edge, shape[axis], budget // math.prod(block)))
+    return tuple(block)
+
+
+def _block_counts(shape: tuple[int, ...], block: tuple[int, ...], wanted: int) -> list[int]:
+    """Blocks per axis, at most ``wanted`` in all, spread as evenly over the axes as they allow: an axis with
+    room for fewer blocks gets all of them, the others share the rest."""
+    fits = [-(-n // b) for n, b in zip(shape, block)]  # ceil: the last block ends at the array's end
+    counts = [1] * len(shape)
+    free = [axis for axis, k in enumerate(fits) if k > 1]
+    budget = float(wanted)
+    while free:
+        each = budget ** (1 / len(free))
+        full = [axis for axis in free if fits[axis] <= each]
+        if not full:
+            for axis in free:
+                counts[axis] = max(1, int(each + 1e-9))
+            break
+        for axis in full:
+            counts[axis] = fits[axis]
+            budget /= fits[axis]
+        free = [axis for axis in free if axis not in full]
+    while True:  # what rounding down left over: one more block along the least covered axis, while it fits
+        room = [axis for axis in range(len(shape)) if counts[axis] < fits[axis]
+                and math.prod(counts) // counts[axis] * (counts[axis] + 1) <= wanted]
+        if not room:
+            return counts
+        counts[min(room, key=lambda axis: counts[axis] / fits[axis])] += 1
