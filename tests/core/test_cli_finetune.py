@@ -8,6 +8,7 @@ import torch
 
 from napari_unet.cli import main
 from napari_unet.cli.finetune import guess_axes
+from napari_unet.core import library
 from napari_unet.core.models import Model, ModelConfig, load_model, save_model
 from napari_unet.core.unet import UNetConfig
 from napari_unet.core.versions import read_annotations
@@ -15,7 +16,9 @@ from napari_unet.synthetic import generate_nuclei
 
 
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, monkeypatch):
+    """A tiny 'nuclei' in the library (the bundled one hidden: a library model may not shadow it) and files."""
+    monkeypatch.setattr(library, "bundled_dir", lambda: tmp_path / "no-bundled-models")
     torch.set_num_threads(1)
     network = UNetConfig(depth=2, base_features=4, padding="same", norm="batch", out_channels=3,
                          upsampling="bilinear")
@@ -74,3 +77,17 @@ def test_axes_are_guessed_from_the_shapes():
     assert guess_axes((64, 64, 3), (64, 64), "YX", 3) == "YXC"
     assert guess_axes((2, 64, 64), (64, 64), "YX", 2) == "CYX"
     assert guess_axes((5, 2, 64, 64), (5, 64, 64), "ZYX", 2) == "ZCYX"
+
+
+def test_output_is_a_library_name_or_a_folder(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+              "--steps", "1", "--batch-size", "2", "--validation-fraction", "0"]
+    assert main([*common, "--output", "models/mine"]) == 0
+    assert (tmp_path / "models" / "mine" / "config.json").is_file()
+    assert main([*common, "--output", str(tmp_path / "absolute")]) == 0
+    assert (tmp_path / "absolute" / "config.json").is_file()
+    capsys.readouterr()
+    assert main([*common, "--output", "bad name!"]) == 2
+    assert "not a valid model name" in capsys.readouterr().err
+

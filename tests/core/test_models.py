@@ -263,3 +263,36 @@ def test_saved_tensors_are_plain_cpu_tensors_whatever_the_device(saved):
     with safe_open(folder / "weights.safetensors", framework="pt", device="cpu") as handle:
         assert handle.metadata() == {"format": "napari-unet-model"}
         assert all(handle.get_tensor(k).device.type == "cpu" for k in handle.keys())
+
+
+@pytest.mark.parametrize("name", ["../../evil", "../evil", "sub/model", "ABSOLUTE", "~/evil", "..", ".hidden",
+                                  "CON", "nul", "com1", "lpt9", "model.", "a\\b"])
+def test_a_model_name_is_a_name_never_a_path(name, tmp_path, monkeypatch):
+    """A str is always a name: nothing is written outside the library, whatever the string says."""
+    inside = tmp_path / "a" / "b"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)  # "../../evil" would land in tmp_path
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # "~/evil" would land there
+    name = str(tmp_path / "evil") if name == "ABSOLUTE" else name
+    with pytest.raises(ModelFileError, match="not a valid model name"):
+        save_model(tiny_model(), name)
+    assert [p for p in tmp_path.rglob("*") if p != inside and p not in inside.parents] == []
+    assert not library_dir().exists() or list(library_dir().iterdir()) == []
+
+
+def test_a_path_object_is_where_the_api_takes_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = save_model(tiny_model(), Path("elsewhere") / "my-model")
+    assert folder.resolve() == tmp_path / "elsewhere" / "my-model" and (folder / "config.json").is_file()
+    assert load_model(folder).name == "my-model"
+
+
+def test_a_library_model_may_not_shadow_a_bundled_one():
+    bundled = [m.name for m in list_models() if m.source == "bundled"]
+    assert "nuclei" in bundled
+    with pytest.raises(ModelExistsError, match="bundled"):
+        save_model(tiny_model(), "nuclei")
+    save_model(tiny_model(), "mine")
+    with pytest.raises(ModelExistsError, match="bundled"):
+        rename_model("mine", "nuclei")
+    assert [m.name for m in list_models() if m.source == "library"] == ["mine"]

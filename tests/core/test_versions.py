@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet.core import library
 from napari_unet.core.errors import ModelFileError
 from napari_unet.core.library import delete_model, library_dir, list_models
 from napari_unet.core.models import Model, ModelConfig, load_model, save_model
@@ -26,7 +27,9 @@ from napari_unet.core.versions import (
 
 
 @pytest.fixture
-def base_model() -> Model:
+def base_model(tmp_path, monkeypatch) -> Model:
+    """A tiny 'nuclei' in the library; the bundled one is hidden, as a library model may not shadow it."""
+    monkeypatch.setattr(library, "bundled_dir", lambda: tmp_path / "no-bundled-models")
     torch.set_num_threads(1)
     network = UNetConfig(depth=1, base_features=4, padding="same", norm="batch", out_channels=3,
                          upsampling="bilinear")

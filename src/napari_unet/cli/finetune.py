@@ -43,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="share of the annotated area held out for validation (default 0.2; 0 = none)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--output", default=None,
-                        help="name (or folder) for the tuned model; default: the next version name")
+                        help="name for the tuned model in your library, or a folder (a path with a / or \\, "
+                        "starting with ~ or .); default: the next version name")
     parser.set_defaults(run=run)
 
 
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and len(args.mask) != len(args.image):
         raise InvalidInputError(f"got {len(args.mask)} --mask for {len(args.image)} images; give a mask for "
                                 "every pair or for none")
+    output = _output(args.output)
     configure_cpu_threads(interactive=False)
     model = load_model(args.model)
     samples = []
@@ -122,6 +124,18 @@ def run(args: argparse.Namespace) -> int:
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in provenance.get("metrics", {}).items())
     print(f"trained {provenance['steps']} steps in {provenance['time_s']:.0f} s (stopped: {provenance['stopped']})"
           + (f"; {metrics}" if metrics else ""))
-    folder = save_model(tuned, args.output) if args.output else save_version(tuned)
+    folder = save_model(tuned, output) if output is not None else save_version(tuned)
     print(f"saved {folder.name} at {folder}")
     return 0
+
+
+def _output(text: str | None) -> str | Path | None:
+    """``--output`` as save_model takes it: a library name stays a str, anything path-like becomes a Path.
+    A name is checked before training, so a typo does not cost a whole run."""
+    from napari_unet.core.library import check_new_name
+
+    if text is None:
+        return None
+    if any(sep in text for sep in "/\\") or text.startswith(("~", ".")):
+        return Path(text)
+    return check_new_name(text)

@@ -57,13 +57,30 @@ def bundled_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+#: names Windows reserves for devices, with or without an extension: never a model folder
+_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+
+
 def check_name(name: str) -> str:
-    """A model name is a folder name: letters, digits and ``._@+-``, no path separators."""
-    if not _NAME.match(name) or name in {".", ".."}:
+    """A model name is a folder name: letters, digits and ``._@+-``, no path separators, no ``..``, nothing
+    hidden, no name a file system reserves. A name never leads out of the library."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".") or _RESERVED.match(name):
         raise ModelFileError(
-            f"{name!r} is not a valid model name: use letters, digits and . _ @ + - (at most 128 characters), "
-            "or pass a path to a folder"
+            f"{name!r} is not a valid model name: use letters, digits and . _ @ + - (at most 128 characters, "
+            "starting with a letter or digit, not ending in '.', not a reserved name such as CON or NUL); to "
+            "save into a folder, pass a pathlib.Path"
         )
+    return name
+
+
+def check_new_name(name: str) -> str:
+    """A valid name that does not belong to a bundled model: a library model of that name would hide it."""
+    check_name(name)
+    root = bundled_dir()
+    bundled = {p.name.lower() for p in root.iterdir() if _is_model_folder(p)} if root.is_dir() else set()
+    if name.lower() in bundled:
+        raise ModelExistsError(f"'{name}' is the name of a bundled model; a library model of that name would hide "
+                               f"it. Choose another name, such as '{unique_name(name + '-mine')}'")
     return name
 
 
@@ -147,11 +164,11 @@ def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
 
 
 def target_folder(name_or_path: str | os.PathLike) -> Path:
-    """Where saving under ``name_or_path`` writes: a bare name goes into the user's library."""
-    text = os.fspath(name_or_path)
-    if os.sep in text or (os.altsep and os.altsep in text) or text.startswith((".", "~")):
-        return Path(text).expanduser()
-    return library_dir() / check_name(text)
+    """Where saving under ``name_or_path`` writes: a str is a name, in the user's library (see
+    :func:`check_new_name`); a path object (``pathlib.Path``) is that folder."""
+    if isinstance(name_or_path, str):
+        return library_dir() / check_new_name(name_or_path)
+    return Path(os.fspath(name_or_path)).expanduser()
 
 
 def staging_folder(target: Path, parent: Path | None = None) -> Path:
@@ -187,7 +204,7 @@ def unique_name(base: str) -> str:
 def rename_model(old: str, new: str) -> Path:
     """Rename a model in the user's library; refuses to replace another model."""
     source = library_dir() / check_name(old)
-    target = library_dir() / check_name(new)
+    target = library_dir() / check_new_name(new)
     if not _is_model_folder(source):
         raise ModelFileError(f"no model named {old!r} in the library at {library_dir()}")
     if target.exists():

@@ -300,7 +300,9 @@ def _check_weights(path: Path, tensors: dict[str, torch.Tensor], expected: dict[
 
 
 def save_model(model: Model, name_or_path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save ``model`` into the user's library (a bare name) or to a folder path; return the folder.
+    """Save ``model`` into the user's library (a name, as a str) or into a folder (a path object such as a
+    ``pathlib.Path``); return the folder. A str is never taken as a path: separators, ``..`` and absolute
+    paths are refused, and so are the names of bundled models.
 
     An existing model is only replaced with ``overwrite=True``; without it :class:`ModelExistsError` says which
     names are free. The folder appears complete or not at all.
