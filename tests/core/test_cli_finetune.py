@@ -91,3 +91,10 @@ def test_output_is_a_library_name_or_a_folder(files, tmp_path, capsys, monkeypat
     assert main([*common, "--output", "bad name!"]) == 2
     assert "not a valid model name" in capsys.readouterr().err
 
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan"])
+def test_a_bad_time_budget_names_the_flag(files, seconds, capsys):
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+                 f"--time={seconds}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--time" in err and "time_budget_s" not in err, err

@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and len(args.mask) != len(args.image):
         raise InvalidInputError(f"got {len(args.mask)} --mask for {len(args.image)} images; give a mask for "
                                 "every pair or for none")
+    if args.time is not None and not args.time > 0:
+        raise InvalidInputError(f"--time must be a positive number of seconds, not {args.time}")
+    if args.steps is not None and args.steps < 1:
+        raise InvalidInputError(f"--steps must be at least 1, not {args.steps}")
     output = _output(args.output)
     configure_cpu_threads(interactive=False)
     model = load_model(args.model)
