@@ -30,7 +30,8 @@ class Outcome:
 
 
 def guarded(steps: Callable[[], Generator[Any, None, Any]]) -> Generator[Any, None, None]:
-    """Yield what ``steps()`` yields, then one :class:`Outcome`; never raise.
+    """Yield what ``steps()`` yields, then one :class:`Outcome`; never raise, except to let the generator be
+    closed (``GeneratorExit``) or the program be interrupted or exit.
 
     ``steps`` is called inside the worker thread, so loading a model or importing torch happens there too.
     """
@@ -40,7 +41,9 @@ def guarded(steps: Callable[[], Generator[Any, None, Any]]) -> Generator[Any, No
         value = yield from steps()
     except Cancelled:
         yield Outcome("cancelled")
-    except BaseException as exc:  # noqa: BLE001 - the point of this function is to catch everything
+    except (GeneratorExit, KeyboardInterrupt, SystemExit):
+        raise  # the worker is closing this generator (it may not yield now) or the program is ending
+    except BaseException as exc:  # noqa: BLE001 - any other failure becomes an Outcome the widget shows
         yield Outcome("failed", error=exc, details=traceback.format_exc())
     else:
         yield Outcome("done", value=value)
