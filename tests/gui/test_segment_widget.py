@@ -15,12 +15,21 @@ from napari_unet.widgets._layers import is_edited, output_record
 
 @pytest.fixture
 def notes(monkeypatch) -> list[tuple[str, str]]:
-    """The notifications the widget shows, as (severity, text)."""
+    """The notifications the widget shows, as (severity, text); failures arrive as napari ErrorNotifications."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
     shown: list[tuple[str, str]] = []
-    for severity in ("info", "warning", "error"):
+    for severity in ("info", "warning"):
         monkeypatch.setattr(segment_module, f"show_{severity}",
                             lambda text, severity=severity: shown.append((severity, text)))
-    return shown
+
+    def error(notification):
+        if isinstance(notification, ErrorNotification):
+            shown.append(("error", str(notification.message)))
+
+    notification_manager.notification_ready.connect(error)
+    yield shown
+    notification_manager.notification_ready.disconnect(error)
 
 
 @pytest.fixture
@@ -171,6 +180,35 @@ def test_worker_error_is_shown_and_the_button_returns(qtbot, viewer, segment_wid
     assert segment_widget.run_button.text() == "Segment" and segment_widget.run_button.isEnabled()
     labels = [layer for layer in viewer.layers if isinstance(layer, Labels)]
     assert all(layer.name.endswith("(partial)") for layer in labels)
+
+
+def test_an_unexpected_error_is_shown_with_its_traceback(qtbot, viewer, segment_widget, nuclei, monkeypatch,
+                                                       run_segment):
+    """napari's bundle has no console: the traceback is in the notification, behind 'View Traceback'."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    real = inference.segment_steps
+
+    def failing_deep_inside(*args, **kwargs):
+        steps = real(*args, **kwargs)
+        yield next(steps)
+        raise RuntimeError("something deep inside torch")
+
+    monkeypatch.setattr(inference, "segment_steps", failing_deep_inside)
+    shown = []
+    notification_manager.notification_ready.connect(shown.append)
+    try:
+        viewer.add_image(nuclei[0], name="cells")
+        assert run_segment(segment_widget) == "failed"
+    finally:
+        notification_manager.notification_ready.disconnect(shown.append)
+    errors = [n for n in shown if isinstance(n, ErrorNotification)]
+    assert len(errors) == 1, [str(n.message) for n in shown]
+    (note,) = errors
+    assert "unexpected RuntimeError: something deep inside torch" in note.message
+    assert "console" not in note.message and "View Traceback" in note.message
+    assert isinstance(note.exception, RuntimeError)
+    assert "failing_deep_inside" in note.as_text(), "the traceback goes with the notification"
 
 
 def test_stack_with_a_2d_model_and_current_slice_scope(qtbot, viewer, segment_widget, nuclei, run_segment):

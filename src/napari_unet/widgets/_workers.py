@@ -146,8 +146,27 @@ def finetune_in_worker(model_path: Path, samples: list[Any], cancel: Any, option
     return path, best[-1] if best else {}
 
 
-def explain(error: BaseException, action: str) -> str:
-    """A notification text for an error: what failed, why, and what the user can do about it."""
+def report_failure(outcome: Outcome, action: str) -> str:
+    """Show a failed run as napari's error notification, which carries the exception: its 'View Traceback'
+    button shows where it failed (users of napari's installer have no console to read a traceback in). The
+    traceback also goes to stderr, for a napari started from a terminal. Returns the text shown."""
+    import sys
+
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    error = outcome.error if outcome.error is not None else RuntimeError("unknown error")
+    message = explain(error, action, details="under 'View Traceback' in this notification")
+    if outcome.details:
+        print(outcome.details, file=sys.stderr)
+    notification = ErrorNotification(error)
+    notification.message = message
+    notification_manager.dispatch(notification)
+    return message
+
+
+def explain(error: BaseException, action: str, details: str = "in the console") -> str:
+    """A notification text for an error: what failed, why, and what the user can do about it; an unexpected
+    error's traceback is ``details`` (where the user finds it)."""
     text = str(error).strip() or type(error).__name__
     lowered = text.lower()
     if isinstance(error, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
@@ -156,7 +175,7 @@ def explain(error: BaseException, action: str) -> str:
     if isinstance(error, ValueError):  # user-fixable: core messages already say what to do
         return f"{action} failed: {text}"
     return (f"{action} failed with an unexpected {type(error).__name__}: {_short(text)}. The full traceback is "
-            "in the console; please report it with the image's shape and the model's name.")
+            f"{details}; please report it with the image's shape and the model's name.")
 
 
 def _short(text: str, limit: int = 300) -> str:

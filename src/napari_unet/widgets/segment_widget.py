@@ -7,7 +7,6 @@ output Labels layer and redrawn piecewise (:mod:`._live`). The worker never touc
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -46,7 +45,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, explain, segment_in_worker, set_up_once, start_worker
+from napari_unet.widgets._workers import Outcome, report_failure, segment_in_worker, set_up_once, start_worker
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # core.runner.PRECISIONS, without importing torch here
 
@@ -380,9 +379,7 @@ class SegmentWidget(QWidget):
             return
         run.live.stop()
         if outcome.status == "failed":
-            print(outcome.details, file=sys.stderr)
-            message = explain(outcome.error, "Segmentation")
-            show_error(message)
+            message = report_failure(outcome, "Segmentation")
         else:
             message = f"Segmentation stopped: {run.stop_reason or 'cancelled'}."
             (show_info if run.stop_reason in ("", "cancelled") else show_warning)(message)
