@@ -144,3 +144,20 @@ def test_recover_widget_lists_and_restores_as_a_new_layer(make_napari_viewer, is
     assert not autosave_enabled()
     widget.discard([widget.list.item(0)])
     assert widget.list.count() == 0 and not widget.restore_button.isEnabled()
+
+
+def test_a_recovered_layer_lies_where_the_autosaved_one_lay(make_napari_viewer, isolated_home):
+    """Scale and translation are saved with the labels, so a restored layer overlays its image again."""
+    from napari_unet.widgets._autosave import Autosaver
+    from napari_unet.widgets.recover_widget import RecoverWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50)), name="cells", scale=(0.5, 0.25), translate=(10, -3))
+    corrected = viewer.add_labels(_labels(5), name="corrected", scale=(0.5, 0.25), translate=(10, -3))
+    saver = Autosaver(viewer)
+    saver.watch(corrected)
+    assert saver.save_changed() == 1
+    widget = RecoverWidget(viewer)
+    (restored,) = widget.restore([widget.list.item(0)])
+    assert tuple(restored.scale) == (0.5, 0.25) and tuple(restored.translate) == (10, -3)
+    assert array_hash(restored.data) == array_hash(_labels(5))

@@ -42,6 +42,8 @@ class Snapshot:
     shape: tuple[int, ...]
     dtype: str
     path: Path
+    scale: tuple[float, ...] | None = None  # the layer's scale and translation, where saved: a restored
+    translate: tuple[float, ...] | None = None  # layer lies over its image again
 
     def describe(self) -> str:
         """A line for a list: name, size, time."""
@@ -61,8 +63,11 @@ def new_key(name: str) -> str:
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
 
-def save_snapshot(key: str, data: Any, name: str, source: str | None = None) -> Snapshot:
+def save_snapshot(key: str, data: Any, name: str, source: str | None = None, scale: Any = None,
+                  translate: Any = None) -> Snapshot:
     """Write ``data`` (an in-memory integer array) as the snapshot ``key``, atomically; returns it.
+
+    ``scale`` and ``translate`` (one number per axis, as napari's layer has them) are kept with it.
 
     Only numpy arrays are saved: a lazy (dask, zarr) labels layer already lives on disk, and reading it whole
     could exhaust memory.
@@ -76,7 +81,8 @@ def save_snapshot(key: str, data: Any, name: str, source: str | None = None) -> 
     folder = autosave_dir()
     folder.mkdir(parents=True, exist_ok=True)
     saved = _dt.datetime.now().isoformat(timespec="seconds")
-    meta = {"name": name, "source": source, "saved": saved}
+    scale, translate = _per_axis(scale, data.ndim), _per_axis(translate, data.ndim)
+    meta = {"name": name, "source": source, "saved": saved, "scale": scale, "translate": translate}
     handle, temporary = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -88,7 +94,7 @@ def save_snapshot(key: str, data: Any, name: str, source: str | None = None) -> 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return Snapshot(key, name, source, saved, tuple(data.shape), str(data.dtype), target)
+    return Snapshot(key, name, source, saved, tuple(data.shape), str(data.dtype), target, scale, translate)
 
 
 def list_snapshots() -> list[Snapshot]:
@@ -135,9 +141,19 @@ def _read_header(path: Path) -> Snapshot | None:
         if np.dtype(dtype).kind not in "biu":
             return None  # not a snapshot this module wrote (an object array would need unpickling)
         return Snapshot(path.stem, str(meta.get("name", path.stem)), meta.get("source"),
-                        str(meta.get("saved", "")), tuple(shape), str(dtype), path)
+                        str(meta.get("saved", "")), tuple(shape), str(dtype), path,
+                        _per_axis(meta.get("scale"), len(shape)), _per_axis(meta.get("translate"), len(shape)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
         return None
+
+
+def _per_axis(values: Any, ndim: int) -> tuple[float, ...] | None:
+    """``values`` as one finite float per axis, or None where they are missing or are not that."""
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == ndim and all(np.isfinite(numbers)) else None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class Autosaver(QObject):
             if not self._dirty.get(layer) or not isinstance(layer.data, np.ndarray):
                 continue
             try:
-                save_snapshot(key, layer.data, layer.name, _source(layer))
+                save_snapshot(key, layer.data, layer.name, _source(layer), layer.scale, layer.translate)
             except (OSError, ValueError) as exc:
                 print(f"napari-unet: could not autosave '{layer.name}': {exc}", file=sys.stderr)
                 continue

@@ -1,7 +1,8 @@
 """The "Recover labels" dock widget: autosaved Labels layers, listed newest first, restored as new layers.
 
 Restoring never overwrites a layer: a snapshot comes back as a new Labels layer named after the one it was
-saved from, so the user can compare and keep what they want. The checkbox is the autosave setting itself.
+saved from, with its scale and translation, so the user can compare and keep what they want. The checkbox is
+the autosave setting itself.
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ class RecoverWidget(QWidget):
                 show_warning(f"Could not restore: {exc}")
                 continue
             saved = snapshot.saved.replace("T", " ")
-            layers.append(self.viewer.add_labels(labels, name=f"{snapshot.name} (recovered {saved})"))
+            placed = {key: value for key, value in (("scale", snapshot.scale), ("translate", snapshot.translate))
+                      if value is not None}
+            layers.append(self.viewer.add_labels(labels, name=f"{snapshot.name} (recovered {saved})", **placed))
         if layers:
             show_info(f"Restored {len(layers)} labels layer(s) from the autosave.")
         return layers
