@@ -57,3 +57,12 @@ def test_demo_screenshot(tmp_path, tiny_model, isolated_home):
     picture = imread(path)
     assert picture.shape[0] >= 600 and picture.shape[1] >= 900
     assert len(np.unique(picture.reshape(-1, picture.shape[-1]), axis=0)) > 50
+
+
+def test_demo_without_napari_says_how_to_install_it(tiny_model, monkeypatch, capsys):
+    from napari_unet.cli import main
+
+    monkeypatch.setitem(sys.modules, "napari", None)  # what a missing package looks like to import
+    assert main(["demo", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "napari is not installed" in err and "pip install" in err, err

@@ -77,6 +77,12 @@ def check_display(environ: dict[str, str] | None = None, platform: str | None = 
 def run(args: argparse.Namespace) -> int:
     from napari_unet.core.errors import InvalidInputError
 
+    try:
+        import napari  # noqa: F401 - only to say how to get it where it is missing
+    except ImportError:
+        raise InvalidInputError("the demo opens napari, and napari is not installed. Install it with the "
+                                "plugin: pip install \"napari[all]\" (or, in a clone of napari-unet, "
+                                "pip install -e \".[all]\")") from None
     check_display()
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
