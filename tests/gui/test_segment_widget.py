@@ -327,3 +327,11 @@ def test_output_widens_past_65535_objects_without_counting_as_an_edit():
     assert layer.data.dtype == OUTPUT_DTYPE
     fit_labels_dtype(layer, 70_000)
     assert layer.data.dtype == np.int32 and not is_edited(layer)
+
+
+def test_the_tta_tooltip_says_what_tta_does(segment_widget):
+    from napari_unet.core.runner import _flips
+
+    tip = segment_widget.tta_check.toolTip()
+    assert "flip" in tip and "rotat" not in tip, "test-time augmentation flips; it does not rotate"
+    assert f"{len(_flips(2))}x" in tip and f"{len(_flips(3))}x" in tip and "2D" in tip and "3D" in tip
