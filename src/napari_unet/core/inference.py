@@ -27,6 +27,7 @@ import torch
 
 from napari_unet.core.axes import Layout, resolve_axes
 from napari_unet.core.cancel import raise_if_cancelled
+from napari_unet.core.colour import grey_for_model
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.postprocess import InstanceLabeller, Region, SemanticLabeller, clear, fill
@@ -140,8 +141,11 @@ class _Run:
         self.model = model
         self.config = model.config
         self.net_config = self.config.network
+        self.image, axes, grey_note = grey_for_model(self.image, axes, self.net_config.spatial_dims,
+                                                     self.net_config.in_channels, stacklevel=5)
         self.axes = resolve_axes(axes, self.image.shape, spatial_dims=self.net_config.spatial_dims,
                                  in_channels=self.net_config.in_channels)
+        self.image_axes = self.axes + "C" if grey_note else self.axes  # what the caller's image has
         self.layout = Layout.create(self.axes, self.image.shape, self.config.axes)
         if precision not in PRECISIONS:
             raise InvalidInputError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -149,7 +153,7 @@ class _Run:
         self.tiles_given = _check_tile_shape(tile_shape, self.net_config.spatial_dims)
         self.batch_given = _check_count("batch_size", batch_size, 1)
         overlap = _check_count("overlap", overlap, 0)
-        self.messages: list[str] = []
+        self.messages: list[str] = [grey_note] if grey_note else []
         if overlap is not None and self.net_config.padding == "valid":
             self.messages.append("overlap ignored: a valid-padding network needs none, its tiles are exact")
             overlap = None
@@ -364,7 +368,7 @@ class _Run:
     def _result(self) -> SegmentResult:
         self.timings["total"] = time.perf_counter() - self.started
         return SegmentResult(
-            labels=self.labels, probabilities=self.probs, axes=self.axes, labels_axes=self.layout.output_axes,
+            labels=self.labels, probabilities=self.probs, axes=self.image_axes, labels_axes=self.layout.output_axes,
             classes=tuple(self.config.classes), objects=self.labeller.objects, device=str(self.network.device),
             precision=self.network.precision_name, tile_shape=self.plan.tile_shape, batch_size=self.batch,
             margin=self.plan.margin, timings=self.timings, messages=self.messages)

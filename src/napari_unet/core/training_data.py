@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from napari_unet.core.augment import Augmentation, extract_patch
+from napari_unet.core.colour import grey_for_model
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.holdout import Validation, hold_out_validation
 from napari_unet.core.models import Model
@@ -36,12 +37,14 @@ from napari_unet.core.unet import halo, min_input_size, nearest_valid_sizes, out
 class Sample:
     """One annotated image. ``labels`` has the image's shape without its channel axis; 0 is background (or
     class 0), positive values are object ids (instance models) or class ids (semantic models). Only pixels
-    inside ``mask`` (if given) and not equal to the model's ignore value carry loss."""
+    inside ``mask`` (if given) and not equal to the model's ignore value carry loss. ``axes=None`` (the
+    default) infers the axes exactly as :func:`~napari_unet.core.inference.segment` does: a colour image is
+    ``YXC``, and a 1-channel model trains on its grey (:mod:`~napari_unet.core.colour`)."""
 
     image: Any
     labels: Any
     mask: Any = None
-    axes: str = "YX"
+    axes: str | None = None
 
 
 @dataclass
@@ -94,8 +97,9 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
     """Check one sample and cut it into training items: one per annotated plane (2D models) or stack.
     Feeds the data fingerprint and records the labels and annotated area for the model's snapshot."""
     config = model.config
-    arrays = read_sample(sample.image, sample.labels, sample.mask, sample.axes, config.axes, config.in_channels)
     dims = config.network.spatial_dims
+    image, axes, _ = grey_for_model(sample.image, sample.axes, dims, config.in_channels, stacklevel=6)
+    arrays = read_sample(image, sample.labels, sample.mask, axes, config.axes, config.in_channels)
     annotated = annotated_area(arrays.labels, arrays.mask, config.ignore_value, dims)
     if not annotated.any() or (arrays.mask is None and config.ignore_value is None and not arrays.labels.any()):
         raise InvalidInputError(
