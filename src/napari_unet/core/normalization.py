@@ -32,11 +32,16 @@ class Normalization:
 
     Percentiles rather than min/max make the mapping robust to hot pixels and to the bit depth: a 12-bit and
     an 8-bit recording of the same scene give the same network input.
+
+    ``invert`` then maps x to 1 - x: a model fine-tuned on dark objects on a bright background (brightfield,
+    stained histology in grey) sees them bright on dark, as in the fluorescence images its starting model
+    learned from, so what it knew carries over (see ``training_data.match_polarity``).
     """
 
     method: Method = "percentile"
     low: float = 1.0
     high: float = 99.8
+    invert: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ("percentile", "none"):
@@ -46,7 +51,10 @@ class Normalization:
                                     f"low={self.low}, high={self.high}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.invert:  # models without it read as before, by older versions too
+            del data["invert"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
@@ -83,6 +91,8 @@ class Normalization:
             shape = (-1,) + (1,) * (out.ndim - 1)
             out = ((out - stats[:, 0].astype(np.float32).reshape(shape))
                    / stats[:, 1].astype(np.float32).reshape(shape))
+            if self.invert:
+                out = 1.0 - out
         if not np.isfinite(out).all():
             out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         return out
