@@ -76,6 +76,7 @@ def test_axes_are_guessed_from_the_shapes():
     assert guess_axes((5, 64, 64), (5, 64, 64), "YX", 1) == "ZYX"
     assert guess_axes((64, 64, 3), (64, 64), "YX", 3) == "YXC"
     assert guess_axes((2, 64, 64), (64, 64), "YX", 2) == "CYX"
+    assert guess_axes((64, 80, 3), (64, 80), "YX", 1) == "YXC", "a colour image, as segment reads it"
     assert guess_axes((5, 2, 64, 64), (5, 64, 64), "ZYX", 2) == "ZCYX"
 
 
@@ -98,3 +99,14 @@ def test_a_bad_time_budget_names_the_flag(files, seconds, capsys):
                  f"--time={seconds}"])
     err = capsys.readouterr().err
     assert code == 2 and "--time" in err and "time_budget_s" not in err, err
+
+
+def test_dark_objects_from_scratch_with_the_schedule_for_a_new_kind(files, tmp_path, capsys):
+    image = tifffile.imread(files["image0"])
+    tifffile.imwrite(tmp_path / "dark.tif", (image.max() - image).astype(image.dtype))
+    code = main(["finetune", "--model", "nuclei", "--image", str(tmp_path / "dark.tif"), "--labels",
+                 str(files["labels0"]), "--steps", "2", "--batch-size", "2", "--from-scratch", "--output", "dark"])
+    out = capsys.readouterr().out
+    assert code == 0 and "for a new kind of image" in out and "inverts its input" in out
+    settings = load_model("dark").config.provenance["settings"]
+    assert settings["from_scratch"] and settings["new_kind"] and settings["learning_rate"] == 3e-3

@@ -35,7 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="number of training steps")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate (default: 1e-3, or 3e-3 for a new kind of image)")
+    parser.add_argument("--new-kind", choices=("auto", "yes", "no"), default="auto",
+                        help="whether the images are a kind the model was not made for, which picks a faster "
+                        "schedule (default auto: decided from the data and the model's first validation)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="start from random weights of the model's architecture instead of its weights")
     parser.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
     parser.add_argument("--patch", type=int, nargs="+", default=None, metavar="N",
                         help="patch size, one number or one per spatial axis (default: chosen for the model)")
@@ -79,8 +85,8 @@ def guess_axes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], mode
         label_axes = "TZYX"
     if len(image_shape) == len(labels_shape):
         return label_axes
-    if image_shape[-1] == channels and image_shape[:-1] == labels_shape:
-        return label_axes + "C"
+    if image_shape[:-1] == labels_shape and (image_shape[-1] == channels or image_shape[-1] in (3, 4)):
+        return label_axes + "C"  # the model's channels last, or a colour image (converted to grey if need be)
     return label_axes[:-2] + "C" + label_axes[-2:]
 
 
@@ -123,11 +129,19 @@ def run(args: argparse.Namespace) -> int:
     patch = None if args.patch is None else (args.patch[0] if len(args.patch) == 1 else args.patch)
     tuned = finetune(model, samples, time_budget_s=budget, steps=args.steps, device=args.device,
                      progress=report, seed=args.seed, learning_rate=args.learning_rate, batch_size=args.batch_size,
-                     patch_shape=patch, validation_fraction=args.validation_fraction, augment=not args.no_augment)
+                     patch_shape=patch, validation_fraction=args.validation_fraction, augment=not args.no_augment,
+                     new_kind={"auto": None, "yes": True, "no": False}[args.new_kind], from_scratch=args.from_scratch)
     provenance = tuned.config.provenance
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in provenance.get("metrics", {}).items())
-    print(f"trained {provenance['steps']} steps in {provenance['time_s']:.0f} s (stopped: {provenance['stopped']})"
-          + (f"; {metrics}" if metrics else ""))
+    settings = provenance["settings"]
+    print(f"trained {provenance['steps']} steps in {provenance['time_s']:.0f} s (stopped: {provenance['stopped']}), "
+          f"peak learning rate {settings['learning_rate']:g}" + (" for a new kind of image" if settings["new_kind"]
+                                                                  else "") + (f"; {metrics}" if metrics else ""))
+    if settings["inverted_input"]:
+        print("the annotated objects are darker than their background: the new model inverts its input")
+    if provenance.get("improved") is False:
+        print(f"warning: training did not beat {model.name or 'the starting model'} on the validation area; the "
+              "new version keeps its weights")
     folder = save_model(tuned, output) if output is not None else save_version(tuned)
     print(f"saved {folder.name} at {folder}")
     return 0
