@@ -110,3 +110,22 @@ def test_ome_zarr_axes_come_from_its_metadata(tmp_path, model, image):
     target = tmp_path / "labels.npy"
     assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "-q"]) == 0
     np.testing.assert_array_equal(np.load(target), expected_labels(model, data, "YXT"))
+
+
+@pytest.mark.parametrize("option", ["-o", "--probabilities"])
+def test_a_missing_output_folder_is_reported_before_segmenting(tmp_path, model, image, capsys, monkeypatch, option):
+    import napari_unet.core.inference as inference
+
+    ran = []
+    monkeypatch.setattr(inference, "segment", lambda *args, **kwargs: ran.append(True))
+    source = tmp_path / "image.npy"
+    np.save(source, image[0])
+    outputs = {"-o": str(tmp_path / "labels.tif"), "--probabilities": str(tmp_path / "probabilities.tif")}
+    outputs[option] = str(tmp_path / "no-such-folder" / "out.tif")
+    args = ["segment", str(source), "-o", outputs["-o"], "--probabilities", outputs["--probabilities"]]
+    assert main([*args, "--model", "tiny", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-folder" in err and "does not exist" in err, err
+    assert ran == [], "nothing was segmented"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.npy"]
+

@@ -11,6 +11,7 @@ work. OUTPUT ending in ``.zarr`` is written tile by tile (use it for large image
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -184,6 +185,13 @@ def _check_output_path(path: Path, overwrite: bool) -> None:
         raise InvalidInputError(f"{path}: the output must end in .tif, .tiff, .npy or .zarr")
     if path.exists() and not overwrite:
         raise InvalidInputError(f"{path} exists; choose another name or pass --overwrite")
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise InvalidInputError(f"the output folder {folder} {problem}; create it or choose another place for "
+                                f"{path.name}")
+    if not os.access(folder, os.W_OK):
+        raise InvalidInputError(f"cannot write into {folder} (no permission); choose another place for {path.name}")
 
 
 def _zarr_output(path: Path, shape: tuple[int, ...], dtype: str, overwrite: bool, created: list[Path]) -> Any:
