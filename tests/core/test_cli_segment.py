@@ -129,3 +129,12 @@ def test_a_missing_output_folder_is_reported_before_segmenting(tmp_path, model, 
     assert ran == [], "nothing was segmented"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.npy"]
 
+
+def test_a_folder_that_is_not_zarr_is_named_as_such(tmp_path, model, capsys):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not an image")
+    assert main(["segment", str(folder), "-o", str(tmp_path / "x.tif"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "pictures is a folder but not a zarr array or group" in err, err
+    assert "Store" not in err and "found in" not in err, "no zarr internals"

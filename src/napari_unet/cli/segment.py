@@ -159,8 +159,9 @@ def _read_zarr(path: Path) -> tuple[Any, str | None]:
 
     try:
         node = zarr.open(str(path), mode="r")
-    except (ValueError, OSError) as exc:  # zarr says "not found" for a folder that holds no zarr node
-        raise InvalidInputError(f"{path} is not a zarr array or group: {exc}") from None
+    except (ValueError, OSError):  # zarr says "not found" for a folder that holds no zarr node
+        raise InvalidInputError(f"{path} is a folder but not a zarr array or group (it holds no readable zarr "
+                                "metadata); give a zarr folder, or a .tif, .tiff or .npy file") from None
     if isinstance(node, zarr.Array):
         return node, None
     attrs = dict(node.attrs)
