@@ -387,3 +387,10 @@ def test_the_callers_model_is_left_as_it_was():
     after = model.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert next(model.network.parameters()).is_contiguous()
+
+
+@pytest.mark.parametrize("given", ["cells.tif", b"cells.tif", __import__("pathlib").Path("cells.tif")])
+def test_a_file_name_is_not_an_image(given):
+    with pytest.raises(InvalidInputError, match="read the file first") as caught:
+        segment(given, random_model(), device="cpu")
+    assert "tifffile.imread" in str(caught.value) and "<U" not in str(caught.value)

@@ -388,6 +388,9 @@ class _Replan(Exception):
 
 
 def _check_image(image: Any) -> Any:
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        raise InvalidInputError(f"segment() takes an image array, not the file name {image!r}: read the file first "
+                                "with tifffile.imread(path), or zarr.open(path) for a zarr folder (read lazily)")
     if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
         image = np.asarray(image)
     dtype = np.dtype(image.dtype)
