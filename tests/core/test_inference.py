@@ -394,3 +394,20 @@ def test_a_file_name_is_not_an_image(given):
     with pytest.raises(InvalidInputError, match="read the file first") as caught:
         segment(given, random_model(), device="cpu")
     assert "tifffile.imread" in str(caught.value) and "<U" not in str(caught.value)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_on_a_cpu_without_it_warns_that_it_is_slower(native, monkeypatch, recwarn):
+    import napari_unet.core.runner as runner
+
+    monkeypatch.setattr(runner, "cpu_has_native_bfloat16", lambda: native)
+    image = np.random.default_rng(0).random((40, 48)).astype(np.float32)
+    result = segment(image, random_model(), device="cpu", precision="bfloat16")
+    assert result.precision == "bfloat16", "it does what was asked"
+    slower = [w for w in recwarn if "slower" in str(w.message)]
+    if native:
+        assert slower == []
+    else:
+        assert len(slower) == 1 and "bfloat16" in str(slower[0].message) and "float32" in str(slower[0].message)
+    segment(image, random_model(), device="cpu", precision="auto")
+    assert len([w for w in recwarn if "slower" in str(w.message)]) == len(slower), "only when asked for"

@@ -12,6 +12,7 @@ import copy
 import gc
 import itertools
 import os
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -40,6 +41,10 @@ class Network:
     def __init__(self, network: nn.Module, device: torch.device, precision: str = "auto", tta: bool = False) -> None:
         self.device = device
         self.tta = tta
+        if precision == "bfloat16" and device.type == "cpu" and not cpu_has_native_bfloat16():
+            warnings.warn("bfloat16 was asked for, but this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX): "
+                          "PyTorch emulates it, which is slower than float32 and less exact. Use precision 'auto' "
+                          "or 'float32' here", UserWarning, stacklevel=2)
         self.autocast = autocast_dtype(device, precision)
         self.half = self.autocast is not None
         self.precision_name = str(self.autocast).replace("torch.", "") if self.half else "float32"
