@@ -90,3 +90,20 @@ def test_closing_the_viewer_mid_run_exits_cleanly(which, isolated_home, library)
 
     for folder in library.iterdir():  # a new version, if any, is complete
         load_model(folder)
+
+
+def test_closing_the_viewer_while_the_widgets_warm_up_exits_cleanly():
+    """The Segment dock imports torch in the background as it opens; quitting before that ends is clean."""
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs a display (pytest-xvfb provides one)")
+    script = textwrap.dedent("""
+        import napari
+        viewer = napari.Viewer(show=False)
+        viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+        viewer.close()
+        print("closed", flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "closed" in output, output[-3000:]
+    assert "has been deleted" not in output and "Traceback" not in output, output[-3000:]

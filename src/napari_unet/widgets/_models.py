@@ -6,6 +6,8 @@ the command line shows up without restarting napari.
 """
 from __future__ import annotations
 
+import atexit
+
 import weakref
 from pathlib import Path
 from typing import Any
@@ -196,7 +198,18 @@ def _when_devices_known(picker: DevicePicker) -> None:
     worker.returned.connect(_devices_known)
     worker.finished.connect(_WARM_UP.clear)
     _WARM_UP.append(worker)
+    atexit.register(_finish_warm_up)
     worker.start()
+
+
+def _finish_warm_up(timeout_s: float = 60.0) -> None:
+    """At exit, let a warm-up that is still importing torch end first: a worker thread that outlives the
+    interpreter's Qt objects aborts the process as napari quits (closing the viewer within seconds of opening
+    a dock widget did)."""
+    from qtpy.QtCore import QThreadPool
+
+    if _WARM_UP:
+        QThreadPool.globalInstance().waitForDone(int(timeout_s * 1000))
 
 
 def _devices_known(names: list[str]) -> None:
