@@ -87,7 +87,8 @@ def test_stop_saves_the_best_so_far(qtbot, viewer, finetune_widget, nuclei):
         qtbot.waitUntil(lambda: len(finetune_widget.plot.series["loss"]) >= 2, timeout=30_000)
         finetune_widget.run_button.click()
         assert finetune_widget.run_button.text() == "Stopping..."
-    assert blocker.args == ["done"] and finetune_widget.saved_path is not None
+    assert blocker.args == ["done"] and (library_dir() / "tiny-v2").is_dir()
+    # stopped before a validation beat the start: the best so far is the start itself, and the widget says so
     assert "Stopped early" in finetune_widget.status.text()
 
 
@@ -134,3 +135,37 @@ def test_finetune_on_a_stack_with_reviewed_regions(qtbot, viewer, finetune_widge
     assert blocker.args == ["done"], finetune_widget.status.text()
     (_, annotated, axes), = read_annotations(finetune_widget.saved_path)
     assert axes == "ZYX" and not annotated[:, 50:, 50:].any(), "only the reviewed regions were trained on"
+
+
+def _train_on_nuclei(qtbot, viewer, finetune_widget, nuclei):
+    image, labels = nuclei
+    viewer.add_image(image, name="cells")
+    viewer.layers.selection.active = viewer.add_labels(labels.copy(), name="corrected")
+    finetune_widget.add_button.click()
+    with qtbot.waitSignal(finetune_widget.run_finished, timeout=60_000) as blocker:
+        finetune_widget.start()
+    return blocker.args
+
+
+def test_start_from_random_weights_as_a_new_kind(qtbot, viewer, finetune_widget, nuclei):
+    from napari_unet.core.models import load_model
+
+    finetune_widget.start_picker.setCurrentIndex(1)
+    finetune_widget.kind_picker.setCurrentIndex(1)
+    assert _train_on_nuclei(qtbot, viewer, finetune_widget, nuclei) == ["done"]
+    settings = load_model(finetune_widget.saved_path).config.provenance["settings"]
+    assert settings["from_scratch"] and settings["new_kind"] and settings["learning_rate"] == 3e-3
+
+
+def test_a_version_that_did_not_beat_its_start_is_not_selected(qtbot, viewer, segment_widget, finetune_widget,
+                                                               monkeypatch):
+    from napari_unet.core import training
+    from napari_unet.synthetic import generate_nuclei
+
+    monkeypatch.setattr(training, "_train_step", lambda *args: 1.0)  # steps that change nothing
+    base = segment_widget.model_picker.model_path
+    assert _train_on_nuclei(qtbot, viewer, finetune_widget, generate_nuclei((128, 128), seed=1)) == ["done"]
+    assert (library_dir() / "tiny-v2").is_dir(), "the version is kept, with its history"
+    assert segment_widget.model_picker.model_path == base, "the starting model stays selected"
+    assert finetune_widget.saved_path is None and not finetune_widget.segment_again_button.isEnabled()
+    assert "did not beat tiny" in finetune_widget.status.text()

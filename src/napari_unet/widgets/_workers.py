@@ -130,8 +130,8 @@ def segment_in_worker(image: Any, model_path: Path, cancel: Any, options: dict[s
 
 
 def finetune_in_worker(model_path: Path, samples: list[Any], cancel: Any, options: dict[str, Any]) -> Any:
-    """The Fine-tune worker: train, then save the new version; returns (folder, best metrics), or None when
-    stopped before the first step (nothing new to save)."""
+    """The Fine-tune worker: train, then save the new version; returns (folder, best metrics and whether it
+    improved on the start), or None when stopped before the first step (nothing new to save)."""
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.training import finetune_steps
     from napari_unet.core.versions import save_version
@@ -143,7 +143,8 @@ def finetune_in_worker(model_path: Path, samples: list[Any], cancel: Any, option
         return None
     path = save_version(tuned)
     best = [record for record in tuned.history if record.get("best")]
-    return path, best[-1] if best else {}
+    # improved: False when the kept weights are the start's (training never beat it on validation)
+    return path, {**(best[-1] if best else {}), "improved": tuned.config.history[-1].get("improved")}
 
 
 def report_failure(outcome: Outcome, action: str) -> str:

@@ -18,6 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
@@ -98,11 +99,21 @@ class FinetuneWidget(QWidget):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(0, 1_000_000)
         self.steps_spin.setSpecialValueText("as many as fit")
+        self.start_picker = QComboBox()
+        self.start_picker.addItems(["Its weights", "Random weights (from scratch)"])
+        self.start_picker.setToolTip("Fine-tune the base model's weights, or train its architecture from random "
+                                     "weights (for images unlike anything it was trained on; needs more time).")
+        self.kind_picker = QComboBox()
+        self.kind_picker.addItems(["Detect", "New to the model", "Like the model's"])
+        self.kind_picker.setToolTip("Images of a kind the model was not made for (histology, brightfield, whole "
+                                    "cells...) get a faster schedule. Detect: from the annotations (dark objects "
+                                    "on a bright background) and how well the model does on them before training.")
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
-        self.lr_spin.setRange(1e-5, 1e-1)
+        self.lr_spin.setRange(0.0, 1e-1)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-3)
+        self.lr_spin.setSpecialValueText("auto (1e-3, or 3e-3 for a new kind)")
+        self.lr_spin.setValue(0.0)
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 64)
         self.batch_spin.setValue(4)
@@ -137,6 +148,8 @@ class FinetuneWidget(QWidget):
 
         settings = QFormLayout()
         settings.addRow("Base model", self.model_picker)
+        settings.addRow("Start from", self.start_picker)
+        settings.addRow("Images", self.kind_picker)
         settings.addRow("Time budget", self.budget_spin)
         layout = scrollable_layout(self)
         layout.addLayout(self.pairs_box)
@@ -263,7 +276,9 @@ class FinetuneWidget(QWidget):
             "steps": self.steps_spin.value() or None,
             "device": self.device_picker.device,
             "seed": self.seed_spin.value(),
-            "learning_rate": self.lr_spin.value(),
+            "learning_rate": self.lr_spin.value() or None,
+            "new_kind": (None, True, False)[self.kind_picker.currentIndex()],
+            "from_scratch": self.start_picker.currentIndex() == 1,
             "batch_size": self.batch_spin.value(),
             "augment": self.augment_check.isChecked(),
         }
@@ -338,17 +353,23 @@ class FinetuneWidget(QWidget):
             self.progress_bar.set_progress(0, 1, "stopped")
         else:
             path, metrics = outcome.value
-            self.saved_path = path
-            segment = segment_widget_for(self.viewer)
-            if segment is not None:
-                segment.select_model(path)
-            self.model_picker.select(path)
-            self.segment_again_button.setEnabled(True)
             score = f" (validation Dice {metrics['val_dice']:.2f})" if metrics.get("val_dice") is not None else ""
             early = "Stopped early; saved the best model so far" if run["cancel"].cancelled else "Saved"
-            message = (f"{early} as '{path.name}'{score}, fine-tuned from {run['base']}. It is selected in the "
-                       "Segment widget: press 'Segment again' to see it work.")
-            show_info(message)
+            if metrics.get("improved") is False:  # the version holds the start's weights: keep the start selected
+                message = (f"{early} as '{path.name}', but training did not beat {run['base']} on the validation "
+                           f"part of your annotations{score}, so {run['base']} stays selected. Annotate more "
+                           "objects, or train longer.")
+                show_warning(message)
+            else:
+                self.saved_path = path
+                segment = segment_widget_for(self.viewer)
+                if segment is not None:
+                    segment.select_model(path)
+                self.model_picker.select(path)
+                self.segment_again_button.setEnabled(True)
+                message = (f"{early} as '{path.name}'{score}, fine-tuned from {run['base']}. It is selected in "
+                           "the Segment widget: press 'Segment again' to see it work.")
+                show_info(message)
             self.progress_bar.set_progress(1, 1, "done")
         self.status.setText(message)
         run["progress"].close()  # after the widget's state is final: napari processes pending events here
