@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from napari_unet.widgets._live import LiveLabels, blocks
-from napari_unet.widgets._scope import MIN_VIEW_SIZE, plan_scope
+from napari_unet.widgets._scope import MIN_VIEW_SIZE, plan_scope, scope_titles
 
 
 def _wait_idle(qtbot, live: LiveLabels) -> None:
@@ -74,3 +74,11 @@ def test_scopes():
     assert xs == slice(0, 120), "clipped to the image"
     with pytest.raises(ValueError, match="scope"):
         plan_scope((10, 10), "YX", "everything")
+
+
+def test_scope_titles_follow_the_axes():
+    assert scope_titles("YX", 2)["whole"] == "Whole image" and scope_titles("YXC", 2)["whole"] == "Whole image"
+    assert scope_titles("ZYX", 2) == {"whole": "Whole stack", "slice": "Current slice", "view": "Region in view"}
+    assert scope_titles("TYX", 2)["slice"] == "Current time point"
+    assert scope_titles("TZYX", 2)["slice"] == "Current slice / time point"
+    assert scope_titles("ZYX", 3)["whole"] == "Whole stack" and scope_titles("TZYX", 3)["slice"] == "Current time point"

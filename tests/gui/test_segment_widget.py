@@ -335,3 +335,15 @@ def test_the_tta_tooltip_says_what_tta_does(segment_widget):
     tip = segment_widget.tta_check.toolTip()
     assert "flip" in tip and "rotat" not in tip, "test-time augmentation flips; it does not rotate"
     assert f"{len(_flips(2))}x" in tip and f"{len(_flips(3))}x" in tip and "2D" in tip and "3D" in tip
+
+
+def test_scope_titles_name_an_image_or_a_stack(viewer, segment_widget, nuclei):
+    titles = lambda: [segment_widget.scope_picker.itemText(i) for i in range(segment_widget.scope_picker.count())]
+    viewer.add_image(nuclei[0], name="flat")
+    assert titles()[0] == "Whole image"
+    viewer.add_image(np.stack([nuclei[0]] * 3), name="stack")
+    segment_widget.image_picker.setCurrentIndex(segment_widget.image_picker.findText("stack"))
+    assert titles()[:2] == ["Whole stack", "Current slice"]
+    segment_widget.image_picker.setCurrentIndex(segment_widget.image_picker.findText("flat"))
+    assert titles()[0] == "Whole image"
+    assert segment_widget.scope_picker.itemData(0) == "whole", "only the words change"

@@ -1,4 +1,5 @@
-"""What part of an image a Segment run covers: the whole stack, the current slice or time point, or the view.
+"""What part of an image a Segment run covers: the whole image or stack, the current slice or time point, or the
+view.
 
 Pure functions of shapes and positions (no Qt, no napari), so the rules are easy to test: a "current slice"
 run fixes the axes the model does not see (Z and T for a 2D model, T for a 3D one) at the viewer's position,
@@ -47,6 +48,15 @@ class Scope:
                 start, stop, _ = part.indices(index.stop - index.start)
             mapped.append(slice(index.start + start, index.start + stop))
         return tuple(mapped)
+
+
+def scope_titles(axes: str, model_dims: int = 2) -> dict[str, str]:
+    """The scopes' titles for an image with ``axes``: "Whole image" for a single plane, "Whole stack"
+    otherwise, and the current "slice", "time point" or both, as the axes the model iterates over say."""
+    iterated = [a for a in "ZT" if a in axes and (a == "T" or model_dims == 2)]
+    slice_title = {("Z",): "Current slice", ("T",): "Current time point"}.get(tuple(iterated), SCOPE_TITLES["slice"])
+    whole = "Whole stack" if any(a in axes for a in "TZ") else "Whole image"
+    return {"whole": whole, "slice": slice_title, "view": SCOPE_TITLES["view"]}
 
 
 def plan_scope(shape: Sequence[int], axes: str, scope: str, position: Sequence[float] | None = None,

@@ -43,7 +43,7 @@ from napari_unet.widgets._live import LiveLabels
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._registry import register_segment_widget
-from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope
+from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope, scope_titles
 from napari_unet.widgets._scroll import scrollable_layout
 from napari_unet.widgets._workers import Outcome, report_failure, segment_in_worker, set_up_once, start_worker
 
@@ -91,7 +91,7 @@ class SegmentWidget(QWidget):
         self.scope_picker = QComboBox()
         for key, title in SCOPE_TITLES.items():
             self.scope_picker.addItem(title, key)
-        self.scope_picker.setToolTip("Segment the whole stack, only the slice or time point shown, or only "
+        self.scope_picker.setToolTip("Segment the whole image or stack, only the slice or time point shown, or only "
                                      "the part of the image in view (fast feedback on big images).")
         self.device_picker = DevicePicker()
 
@@ -215,6 +215,8 @@ class SegmentWidget(QWidget):
         except ValueError as exc:
             self.axes_note.setText(f"<span style='color:#e06c4c'>{exc}</span>")
             return
+        for index, title in enumerate(scope_titles(axes, dims).values()):
+            self.scope_picker.setItemText(index, title)
         how = "from the layer" if self._axes_auto else "set by you; clear to infer"
         planes = "".join(a for a in axes if a in ("TZ" if dims == 2 else "T"))
         detail = f", {dims}D model runs per {'/'.join(planes)} plane" if planes else ""
