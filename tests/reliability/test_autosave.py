@@ -161,3 +161,13 @@ def test_a_recovered_layer_lies_where_the_autosaved_one_lay(make_napari_viewer, 
     (restored,) = widget.restore([widget.list.item(0)])
     assert tuple(restored.scale) == (0.5, 0.25) and tuple(restored.translate) == (10, -3)
     assert array_hash(restored.data) == array_hash(_labels(5))
+
+
+def test_the_recover_dock_fits_beside_the_canvas(make_napari_viewer, tmp_path, monkeypatch):
+    """At most as wide as the Segment dock needs: a long option text or folder must wrap, not widen the dock."""
+    from napari_unet.widgets.recover_widget import RecoverWidget
+
+    monkeypatch.setenv("NAPARI_UNET_HOME", str(tmp_path / ("a-rather-long-folder-name-" * 4) / "napari-unet"))
+    widget = RecoverWidget(make_napari_viewer())
+    assert widget.minimumSizeHint().width() <= 320
+    assert "every few minutes" in widget.enabled_check.toolTip(), "the details are a hover away"

@@ -32,14 +32,17 @@ class RecoverWidget(QWidget):
         from napari_unet.core.autosave import autosave_dir, autosave_enabled
 
         self.viewer = napari_viewer
-        self.enabled_check = QCheckBox("Autosave the labels the plugin creates (every few minutes, and when "
-                                       "fine-tuning starts)")
+        self.enabled_check = QCheckBox("Autosave the plugin's labels")
+        self.enabled_check.setToolTip("Save the Labels layers the plugin creates, and the labels you fine-tune "
+                                      "on, every few minutes while they change and when fine-tuning starts, so a "
+                                      "crash does not take your corrections with it.")
         self.enabled_check.setChecked(autosave_enabled())
         self.enabled_check.toggled.connect(self._on_toggled)
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.list.itemDoubleClicked.connect(lambda item: self.restore([item]))
-        self.restore_button = QPushButton("Restore as new layer")
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.setToolTip("Add the chosen snapshots as new Labels layers; no layer is overwritten.")
         self.restore_button.clicked.connect(lambda: self.restore(self.list.selectedItems()))
         self.discard_button = QPushButton("Discard")
         self.discard_button.clicked.connect(lambda: self.discard(self.list.selectedItems()))
