@@ -329,7 +329,7 @@ def test_2d_axes_layouts_give_the_same_labels():
 def test_2d_model_on_stacks_runs_plane_by_plane():
     model = random_model()
     stack = np.random.default_rng(5).random((2, 3, 40, 48)).astype(np.float32)  # TZYX
-    result = segment(stack, model, device="cpu", precision="float32", axes="TZYX")
+    result = segment(stack, model, device="cpu", precision="float32", axes="TZYX", stack="planes")
     assert result.labels.shape == (2, 3, 40, 48) and result.probabilities.shape == (3, 2, 3, 40, 48)
     stats = model.config.normalization.statistics(stack[None])  # one normalisation for the whole stack
     for t, z in [(0, 0), (1, 2)]:

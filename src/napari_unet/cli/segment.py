@@ -1,7 +1,8 @@
 """``napari-unet segment``: segment an image file with a model and write the labels.
 
     napari-unet segment INPUT -o OUTPUT [--model nuclei] [--axes ZYX] [--device auto] [--tile 512]
-        [--batch 4] [--overlap N] [--tta] [--precision auto] [--probabilities PATH]
+        [--batch 4] [--overlap N] [--tta] [--precision auto] [--scale Z Y X] [--stack 3d|planes]
+        [--probabilities PATH]
 
 INPUT is a TIFF (``.tif``/``.tiff``), a zarr folder (a plain array or an OME-Zarr image, whose first
 resolution is used) or a NumPy ``.npy`` file; all are read lazily, tile by tile, so images larger than memory
@@ -44,6 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true", help="average over flipped copies (slower, smoother)")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="arithmetic precision (default: auto)")
+    parser.add_argument("--scale", type=float, nargs="+", default=None, metavar="SIZE",
+                        help="pixel size per spatial axis in the image's order, e.g. --scale 2 0.5 0.5 for ZYX; "
+                        "a coarser Z is resampled to the pixel size for 3D objects (default: isotropic)")
+    parser.add_argument("--stack", default=None, choices=("3d", "planes"),
+                        help="a 2D model on a z-stack: 3d (objects through the stack, the default for instance "
+                        "models) or planes (each plane on its own)")
     parser.add_argument("--probabilities", type=Path, default=None, metavar="PATH",
                         help="also write the class probabilities (float32, classes first) to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -83,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             probabilities = True if array is None else array
         result = segment(image, model, axes=axes, device=args.device, tile_shape=tile, overlap=args.overlap,
                          batch_size=args.batch, progress=None if args.quiet else _Progress(),
-                         out=out, tta=args.tta, precision=args.precision, probabilities=probabilities)
+                         out=out, tta=args.tta, precision=args.precision, probabilities=probabilities,
+                         scale=args.scale, stack=args.stack)
         if out is None:
             _write_array(args.output, result.labels, result.labels_axes, args.overwrite, created)
         if args.probabilities is not None and probabilities is True:

@@ -82,10 +82,12 @@ def segment(image: Any, model: Any, axes: str | None = None, device: str | torch
             tile_shape: int | Sequence[int] | None = None, overlap: int | None = None,
             batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: Any = None, *,
             out: Any = None, tta: bool = False, precision: str = "auto", probabilities: bool | Any = True,
-            keep_partial: bool = False) -> SegmentResult:
+            keep_partial: bool = False, scale: Sequence[float] | None = None,
+            stack: str | None = None) -> SegmentResult:
     """Segment ``image`` with ``model`` and return labels and probabilities; arguments as :func:`segment_steps`."""
     steps = segment_steps(image, model, axes, device, tile_shape, overlap, batch_size, progress, cancel, out=out,
-                          tta=tta, precision=precision, probabilities=probabilities, keep_partial=keep_partial)
+                          tta=tta, precision=precision, probabilities=probabilities, keep_partial=keep_partial,
+                          scale=scale, stack=stack)
     while True:
         try:
             next(steps)
@@ -97,13 +99,14 @@ def segment_steps(image: Any, model: Any, axes: str | None = None, device: str |
                   tile_shape: int | Sequence[int] | None = None, overlap: int | None = None,
                   batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: Any = None, *,
                   out: Any = None, tta: bool = False, precision: str = "auto", probabilities: bool | Any = True,
-                  keep_partial: bool = False) -> Generator[SegmentProgress, None, SegmentResult]:
+                  keep_partial: bool = False, scale: Sequence[float] | None = None,
+                  stack: str | None = None) -> Generator[SegmentProgress, None, SegmentResult]:
     """Segment ``image`` with ``model``, yielding a :class:`SegmentProgress` per batch; returns the result.
 
     image: numpy, dask or zarr array (or array-like) of any numeric or bool dtype; lazy arrays are read one
         tile at a time and never whole.
-    axes: napari letters (T, Z, C, Y, X), one per dimension; inferred when None. T, and Z for a 2D model,
-        are iterated: a 2D model segments a stack plane by plane.
+    axes: napari letters (T, Z, C, Y, X), one per dimension; inferred when None. T is iterated (frame by
+        frame), and Z for a 2D model with ``stack="planes"``.
     device: "auto" (CUDA, then Apple MPS, then CPU), "cuda", "cuda:1", "mps" or "cpu".
     tile_shape: the largest input tile, one int for all spatial axes or one per axis (network order, e.g. ZYX);
         chosen from the memory available when None. Tiles shrink to the smallest size that needs no more tiles.
@@ -121,9 +124,24 @@ def segment_steps(image: Any, model: Any, axes: str | None = None, device: str |
         array (e.g. zarr) of shape (classes, *labels shape) to write them into.
     keep_partial: on cancel or error keep what was written into the caller's ``out`` and ``probabilities``
         arrays; by default every plane written to is set back to zero.
+    scale: pixel size per spatial axis of the image (Z, Y, X in the image's order), e.g. (2.0, 0.5, 0.5); None
+        means isotropic. The 3D route resamples Z to the lateral pixel size (:mod:`~napari_unet.core.orthogonal`).
+    stack: how a 2D instance model treats a z-stack: "3d" (the default where Z has several planes) runs it on
+        the YX, ZX and ZY planes and labels the averaged map in 3D, so each object has one id through the
+        stack; "planes" labels each plane on its own. Semantic 2D models go plane by plane; 3D models ignore it.
     """
+    from napari_unet.core import orthogonal  # imports this module, so not at its top
+
+    plan, note = orthogonal.choose(image, model, axes, stack, scale)
+    if plan is not None:
+        return (yield from orthogonal.segment_stack_steps(
+            plan, model, device=device, tile_shape=tile_shape, overlap=overlap, batch_size=batch_size,
+            progress=progress, cancel=cancel, out=out, tta=tta, precision=precision, probabilities=probabilities,
+            keep_partial=keep_partial))
     run = _Run(image, model, axes, device, tile_shape, overlap, batch_size, progress, cancel, out, tta, precision,
                probabilities, keep_partial)
+    if note:
+        run.messages.append(note)
     return (yield from run.steps())
 
 
