@@ -169,3 +169,25 @@ def test_a_version_that_did_not_beat_its_start_is_not_selected(qtbot, viewer, se
     assert segment_widget.model_picker.model_path == base, "the starting model stays selected"
     assert finetune_widget.saved_path is None and not finetune_widget.segment_again_button.isEnabled()
     assert "did not beat tiny" in finetune_widget.status.text()
+
+
+def test_a_failure_is_shown_with_its_traceback(qtbot, viewer, finetune_widget, nuclei, monkeypatch):
+    """napari's bundle has no console: the traceback is in the notification, behind 'View Traceback'."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    from napari_unet.core import training
+
+    def failing_step(*args):
+        raise RuntimeError("something deep inside torch")
+
+    monkeypatch.setattr(training, "_train_step", failing_step)
+    shown = []
+    notification_manager.notification_ready.connect(shown.append)
+    try:
+        assert _train_on_nuclei(qtbot, viewer, finetune_widget, nuclei) == ["failed"]
+    finally:
+        notification_manager.notification_ready.disconnect(shown.append)
+    (note,) = [n for n in shown if isinstance(n, ErrorNotification)]
+    assert "something deep inside torch" in note.message and "View Traceback" in note.message
+    assert "failing_step" in note.as_text(), "the traceback goes with the notification"
+    assert not (library_dir() / "tiny-v2").exists()

@@ -8,13 +8,12 @@ re-runs the Segment widget's image with it.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -39,7 +38,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, explain, finetune_in_worker, set_up_once, start_worker
+from napari_unet.widgets._workers import Outcome, finetune_in_worker, report_failure, set_up_once, start_worker
 
 
 class PairRow(QWidget):
@@ -112,8 +111,9 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(0.0, 1e-1)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setSpecialValueText("auto (1e-3, or 3e-3 for a new kind)")
+        self.lr_spin.setSpecialValueText("auto")
         self.lr_spin.setValue(0.0)
+        self.lr_spin.setToolTip("The peak learning rate; auto: 1e-3, or 3e-3 for images new to the model.")
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 64)
         self.batch_spin.setValue(4)
@@ -342,9 +342,7 @@ class FinetuneWidget(QWidget):
         self.run_button.setEnabled(True)
         status = outcome.status
         if status == "failed":
-            print(outcome.details, file=sys.stderr)
-            message = explain(outcome.error, "Fine-tuning")
-            show_error(message)
+            message = report_failure(outcome, "Fine-tuning")
             self.progress_bar.set_progress(0, 1, "failed")
         elif outcome.value is None:
             status = "cancelled"
