@@ -30,6 +30,7 @@ from napari_unet.core.cancel import raise_if_cancelled
 from napari_unet.core.colour import grey_for_model
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.memory import in_memory_limit
 from napari_unet.core.postprocess import InstanceLabeller, Region, SemanticLabeller, clear, fill
 from napari_unet.core.runner import (
     PRECISIONS,
@@ -440,9 +441,10 @@ def _check_tile_shape(tile_shape: int | Sequence[int] | None, dims: int) -> tupl
 
 
 def _allocate(shape: tuple[int, ...], dtype: Any, what: str, instead: str) -> np.ndarray:
-    """A zeroed numpy output, unless it would take more than a quarter of this machine's memory."""
+    """A zeroed numpy output, unless it would take more than :func:`~napari_unet.core.memory.in_memory_limit`
+    (a quarter of this machine's memory unless NAPARI_UNET_IN_MEMORY_LIMIT says otherwise)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size > physical_memory() // 4:
+    if size > in_memory_limit(physical_memory()):
         raise InvalidInputError(f"the {what} of this image would take {size / 2**30:.1f} GiB of memory; {instead}")
     return np.zeros(shape, dtype=dtype)
 
