@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet.core import sizing
 from napari_unet.core.axes import Layout, resolve_axes
 from napari_unet.core.cancel import raise_if_cancelled
 from napari_unet.core.colour import grey_for_model
@@ -84,11 +85,11 @@ def segment(image: Any, model: Any, axes: str | None = None, device: str | torch
             batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: Any = None, *,
             out: Any = None, tta: bool = False, precision: str = "auto", probabilities: bool | Any = True,
             keep_partial: bool = False, scale: Sequence[float] | None = None,
-            stack: str | None = None) -> SegmentResult:
+            stack: str | None = None, diameter: float | None = None) -> SegmentResult:
     """Segment ``image`` with ``model`` and return labels and probabilities; arguments as :func:`segment_steps`."""
     steps = segment_steps(image, model, axes, device, tile_shape, overlap, batch_size, progress, cancel, out=out,
                           tta=tta, precision=precision, probabilities=probabilities, keep_partial=keep_partial,
-                          scale=scale, stack=stack)
+                          scale=scale, stack=stack, diameter=diameter)
     while True:
         try:
             next(steps)
@@ -101,7 +102,8 @@ def segment_steps(image: Any, model: Any, axes: str | None = None, device: str |
                   batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: Any = None, *,
                   out: Any = None, tta: bool = False, precision: str = "auto", probabilities: bool | Any = True,
                   keep_partial: bool = False, scale: Sequence[float] | None = None,
-                  stack: str | None = None) -> Generator[SegmentProgress, None, SegmentResult]:
+                  stack: str | None = None, diameter: float | None = None
+                  ) -> Generator[SegmentProgress, None, SegmentResult]:
     """Segment ``image`` with ``model``, yielding a :class:`SegmentProgress` per batch; returns the result.
 
     image: numpy, dask or zarr array (or array-like) of any numeric or bool dtype; lazy arrays are read one
@@ -130,7 +132,24 @@ def segment_steps(image: Any, model: Any, axes: str | None = None, device: str |
     stack: how a 2D instance model treats a z-stack: "3d" (the default where Z has several planes) runs it on
         the YX, ZX and ZY planes and labels the averaged map in 3D, so each object has one id through the
         stack; "planes" labels each plane on its own. Semantic 2D models go plane by plane; 3D models ignore it.
+    diameter: the typical object diameter in pixels. For a model that records the object size it was trained
+        at, the image's Y and X are resampled to that size and the result brought back
+        (:mod:`~napari_unet.core.sizing`). None measures the objects of a first pass over a single image and
+        segments again at their scale if they are far from the model's size; the result's messages say what
+        was found.
     """
+    options = {"device": device, "tile_shape": tile_shape, "overlap": overlap, "batch_size": batch_size,
+               "progress": progress, "cancel": cancel, "out": out, "tta": tta, "precision": precision,
+               "probabilities": probabilities, "keep_partial": keep_partial, "scale": scale, "stack": stack}
+    return (yield from sizing.segment_at_size(_steps_at_own_size, image, model, axes, diameter, options))
+
+
+def _steps_at_own_size(image: Any, model: Any, axes: str | None, *, device: str | torch.device,
+                       tile_shape: int | Sequence[int] | None, overlap: int | None, batch_size: int | None,
+                       progress: ProgressCallback | None, cancel: Any, out: Any, tta: bool, precision: str,
+                       probabilities: bool | Any, keep_partial: bool, scale: Sequence[float] | None,
+                       stack: str | None) -> Generator[SegmentProgress, None, SegmentResult]:
+    """:func:`segment_steps` at the image's own scale."""
     from napari_unet.core import orthogonal  # imports this module, so not at its top
 
     plan, note = orthogonal.choose(image, model, axes, stack, scale)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import struct
@@ -59,6 +60,7 @@ class ModelConfig:
     description: str = ""
     ignore_value: int | None = None  # label value that marks unannotated pixels in training data
     object_filter: ObjectFilter = field(default_factory=ObjectFilter)  # instance models: which objects to drop
+    object_diameter: float | None = None  # typical object diameter (px) of the training data, for rescaling
     card: dict[str, Any] = field(default_factory=dict)  # intended images, training data, metrics, limits
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per training run
     provenance: dict[str, Any] = field(default_factory=dict)  # parent, date, data fingerprint, versions
@@ -74,6 +76,10 @@ class ModelConfig:
                 f"the config names {len(self.classes)} classes but the network has {self.network.out_channels} "
                 "output channels"
             )
+        if self.object_diameter is not None and not (isinstance(self.object_diameter, (int, float))
+                                                     and 0 < self.object_diameter < math.inf):
+            raise InvalidInputError(f"object_diameter must be a positive number of pixels, not "
+                                    f"{self.object_diameter!r}")
         expected_axes = "YX" if self.network.spatial_dims == 2 else "ZYX"
         if self.axes != expected_axes:
             raise InvalidInputError(f"a {self.network.spatial_dims}D network has axes {expected_axes!r}, not {self.axes!r}")
@@ -95,6 +101,7 @@ class ModelConfig:
             "normalization": self.normalization.to_dict(),
             "ignore_value": self.ignore_value,
             "object_filter": self.object_filter.to_dict(),
+            "object_diameter": self.object_diameter,
             "card": self.card,
             "history": self.history,
             "provenance": self.provenance,
@@ -120,6 +127,7 @@ class ModelConfig:
                 description=str(data.get("description", "")),
                 ignore_value=data.get("ignore_value"),
                 object_filter=ObjectFilter.from_dict(data.get("object_filter") or {}),
+                object_diameter=data.get("object_diameter"),
                 card=dict(data.get("card") or {}),
                 history=list(data.get("history") or []),
                 provenance=dict(data.get("provenance") or {}),

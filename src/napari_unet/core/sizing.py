@@ -1,0 +1,125 @@
+"""Object size: an image is resampled so that its objects have the size the model was trained at.
+
+A U-Net sees a fixed neighbourhood: nuclei three times larger than the ones it learned split into pieces, and
+much smaller ones merge or vanish. A model's config records the typical object diameter of its training data
+(:func:`model_diameter`). ``segment(..., diameter=D)`` resamples the image's Y and X by ``trained / D``,
+segments, and brings the labels (nearest) and probabilities (linear) back to the image's grid.
+``diameter=None`` segments at the image's own scale first and measures the objects found
+(:func:`estimate_diameter`); only if they are far from the trained size (beyond :data:`AUTO_TOLERANCE`) is the
+image segmented again at the estimated scale. Within :data:`TOLERANCE` the scale augmentation of training
+covers the difference and nothing is resampled.
+
+Resampling needs the image in memory; a lazy image (dask, zarr) is segmented at its own scale and the caller
+is told so.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from napari_unet.core.axes import infer_axes
+from napari_unet.core.errors import InvalidInputError
+
+TOLERANCE = 1.15  # a given diameter within this factor of the trained one: no resampling
+AUTO_TOLERANCE = 1.6  # an estimated one: only a clear mismatch is worth a second pass (the estimate is rough)
+MIN_OBJECTS = 5  # fewer objects say little about their typical size
+MAX_FACTOR = 8.0
+
+
+def model_diameter(config: Any) -> float | None:
+    """The typical object diameter (px) of the model's training data, if its config records one."""
+    return float(config.object_diameter) if config.object_diameter else None
+
+
+def estimate_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent diameter (the diameter of the disc of the same area) of the objects of 2D labels, or of
+    every plane of a stack; None with fewer than :data:`MIN_OBJECTS` objects."""
+    labels = np.asarray(labels)
+    planes = labels.reshape((-1,) + labels.shape[-2:])
+    areas = np.concatenate([np.bincount(plane.ravel())[1:] for plane in planes]) if planes.size else np.array([])
+    areas = areas[areas > 0]
+    if areas.size < MIN_OBJECTS:
+        return None
+    return float(2.0 * np.sqrt(np.median(areas) / np.pi))
+
+
+def _factor(trained: float, diameter: float, tolerance: float) -> float:
+    factor = trained / diameter
+    if abs(math.log(factor)) < math.log(tolerance):
+        return 1.0
+    return factor
+
+
+def _check_diameter(diameter: Any) -> None:
+    if not isinstance(diameter, (int, float, np.integer, np.floating)) or not math.isfinite(diameter) \
+            or diameter <= 0:
+        raise InvalidInputError(f"diameter is the typical object diameter in pixels, a positive number (or None "
+                                f"to estimate it), not {diameter!r}")
+
+
+def _resampled(result: Any, shape: tuple[int, ...], yx: tuple[int, int]) -> None:
+    """Bring the result's labels (nearest) and probabilities (linear) back to the image's Y and X sizes."""
+    labels = np.asarray(result.labels)
+    zoom = [1.0] * labels.ndim
+    ly, lx = result.labels_axes.index("Y"), result.labels_axes.index("X")
+    zoom[ly], zoom[lx] = shape[yx[0]] / labels.shape[ly], shape[yx[1]] / labels.shape[lx]
+    result.labels = ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
+    if result.probabilities is not None:
+        probabilities = np.asarray(result.probabilities)
+        result.probabilities = ndimage.zoom(probabilities, [1.0] + zoom, order=1, grid_mode=True, mode="nearest")
+
+
+def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, model: Any, axes: str | None,
+                    diameter: float | None, options: dict[str, Any]) -> Generator[Any, None, Any]:
+    """``run(image, model, axes, **options)`` (segment_steps) at the model's object size; see the module."""
+    if diameter is not None:
+        _check_diameter(diameter)
+    config = getattr(model, "config", None)  # not a model: segment_steps says so
+    trained = model_diameter(config) if config is not None else None
+    if trained is None or not isinstance(image, np.ndarray):
+        result = yield from run(image, model, axes, **options)
+        if diameter is not None:
+            why = "records no object size" if trained is None else "cannot resample a lazy image"
+            result.messages.append(f"diameter {diameter:g} px ignored: the model {why}; segmented at the "
+                                   "image's own scale")
+        return result
+    letters = axes or infer_axes(image.shape, spatial_dims=model.config.network.spatial_dims,
+                                 in_channels=model.config.in_channels)
+    if diameter is None:
+        first = yield from run(image, model, axes, **options)
+        found = estimate_diameter(first.labels)
+        single = not set("ZT") & set(letters)  # a second pass over a stack costs too much for a rough estimate
+        own_outputs = options.get("out") is None and isinstance(options.get("probabilities"), bool)
+        if found is None or _factor(trained, found, AUTO_TOLERANCE) == 1.0 or not (single and own_outputs):
+            if found is not None:
+                first.messages.append(f"objects about {found:.0f} px across (the model was trained on "
+                                      f"{trained:.0f} px); pass diameter= to rescale")
+            return first
+        diameter = found
+    factor = _factor(trained, diameter, TOLERANCE)
+    if factor == 1.0:
+        return (yield from run(image, model, axes, **options))
+    if not 1 / MAX_FACTOR <= factor <= MAX_FACTOR:
+        raise InvalidInputError(f"diameter {diameter:g} px is more than {MAX_FACTOR:g} times off the model's "
+                                f"{trained:.0f} px; is it in pixels?")
+    yx = (letters.index("Y"), letters.index("X"))
+    zoom = [1.0] * image.ndim
+    zoom[yx[0]] = zoom[yx[1]] = factor
+    resampled = ndimage.zoom(image.astype(np.float32, copy=False), zoom, order=1, grid_mode=True, mode="nearest")
+    inner = dict(options, out=None, probabilities=options["probabilities"] is not False)
+    if options.get("scale") is not None:  # the resampled pixels are smaller in Y and X by the factor
+        scale = list(options["scale"])
+        inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
+    result = yield from run(resampled, model, letters, **inner)
+    _resampled(result, image.shape, yx)
+    for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
+        if target is not None and not isinstance(target, bool):  # the caller's arrays (zarr...)
+            target[...] = getattr(result, name)
+            setattr(result, name, target)
+    result.messages.append(f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
+                           f"{trained:.0f} px")
+    return result

@@ -1,0 +1,120 @@
+"""Object size: images are resampled to the object size the model was trained at, and results come back to
+the image's grid; a model that records no size segments as it always did."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_unet.core import sizing
+from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.inference import segment
+from napari_unet.core.models import Model, ModelConfig, load_model, save_model
+from napari_unet.core.unet import UNetConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_model(object_diameter: float | None = 20.0) -> Model:
+    network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
+    return Model.from_config(ModelConfig(network, axes="YX", name="tiny", object_diameter=object_diameter), seed=0)
+
+
+def discs(shape: tuple[int, int], radius: float, count: int = 9) -> np.ndarray:
+    labels = np.zeros(shape, np.int32)
+    step = shape[0] // 3
+    for i in range(count):
+        rr, cc = disk((step // 2 + step * (i // 3), step // 2 + step * (i % 3)), radius, shape=shape)
+        labels[rr, cc] = i + 1
+    return labels
+
+
+class FakeRun:
+    """segment_steps as seen by the sizing layer: records what it was given, labels objects of a chosen size."""
+
+    def __init__(self, radius: float) -> None:
+        self.radius, self.calls = radius, []
+
+    def __call__(self, image, model, axes, **options):
+        from types import SimpleNamespace
+
+        self.calls.append((image.shape, axes, options))
+        yield "progress"
+        labels = discs(image.shape, self.radius * image.shape[0] / 240)
+        probabilities = np.stack([labels == 0, labels > 0, np.zeros_like(labels, bool)]).astype(np.float32)
+        return SimpleNamespace(labels=labels, probabilities=probabilities, labels_axes="YX", messages=[])
+
+
+def run_to_end(steps):
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_the_estimate_is_the_median_equivalent_diameter():
+    assert sizing.estimate_diameter(discs((240, 240), 10)) == pytest.approx(20, rel=0.05)
+    assert sizing.estimate_diameter(np.stack([discs((240, 240), 10)] * 2)) == pytest.approx(20, rel=0.05)
+    assert sizing.estimate_diameter(discs((240, 240), 10, count=3)) is None, "too few objects to say"
+
+
+def test_a_given_diameter_resamples_y_and_x_and_brings_the_result_back():
+    fake = FakeRun(radius=10)
+    image = np.random.default_rng(0).random((240, 240)).astype(np.float32)
+    result = run_to_end(sizing.segment_at_size(fake, image, tiny_model(20), "YX", 40.0, {"probabilities": True}))
+    ((shape, axes, _),) = fake.calls
+    assert shape == (120, 120) and axes == "YX", "40 px objects for a 20 px model: half the size"
+    assert result.labels.shape == image.shape and result.probabilities.shape == (3, 240, 240)
+    assert "resampled by 0.50" in result.messages[-1]
+
+
+def test_a_diameter_near_the_trained_one_changes_nothing():
+    fake = FakeRun(radius=10)
+    image = np.zeros((240, 240), np.float32)
+    run_to_end(sizing.segment_at_size(fake, image, tiny_model(20), "YX", 21.0, {"probabilities": True}))
+    assert fake.calls[0][0] == (240, 240)
+
+
+def test_no_diameter_estimates_from_a_first_pass_and_rescales_only_a_clear_mismatch():
+    image = np.zeros((240, 240), np.float32)
+    far = FakeRun(radius=30)  # objects of 60 px for a 20 px model
+    result = run_to_end(sizing.segment_at_size(far, image, tiny_model(20), None, None, {"probabilities": True}))
+    assert [call[0] for call in far.calls] == [(240, 240), (80, 80)]
+    assert result.labels.shape == (240, 240) and "resampled" in result.messages[-1]
+    near = FakeRun(radius=12)
+    result = run_to_end(sizing.segment_at_size(near, image, tiny_model(20), None, None, {"probabilities": True}))
+    assert len(near.calls) == 1 and "about 24 px across" in result.messages[-1]
+    stack = np.zeros((3, 240, 240), np.float32)
+    staged = FakeRun(radius=30)
+    run_to_end(sizing.segment_at_size(staged, stack, tiny_model(20), "ZYX", None, {"probabilities": True}))
+    assert len(staged.calls) == 1, "a stack is not segmented twice for an estimate"
+
+
+def test_a_model_without_an_object_size_ignores_the_diameter_and_says_so():
+    fake = FakeRun(radius=10)
+    image = np.zeros((240, 240), np.float32)
+    result = run_to_end(sizing.segment_at_size(fake, image, tiny_model(None), "YX", 40.0, {"probabilities": True}))
+    assert fake.calls[0][0] == (240, 240) and "ignored" in result.messages[-1]
+
+
+@pytest.mark.parametrize("bad", [0, -3, float("nan"), "big", 1000.0])
+def test_a_meaningless_diameter_is_refused(bad):
+    with pytest.raises(InvalidInputError, match="diameter"):
+        segment(np.zeros((64, 64), np.float32), tiny_model(20), diameter=bad)
+
+
+def test_segment_with_a_diameter_returns_labels_on_the_image_grid(tmp_path):
+    import zarr
+
+    image = np.random.default_rng(1).random((100, 90)).astype(np.float32)
+    out = zarr.zeros((100, 90), dtype="int32", store=str(tmp_path / "labels.zarr"))
+    result = segment(image, tiny_model(20), axes="YX", device="cpu", diameter=35.0, out=out)
+    assert result.labels is out and out.shape == (100, 90)
+    assert result.probabilities.shape == (3, 100, 90)
+
+
+def test_the_object_size_is_saved_with_the_model(tmp_path):
+    assert load_model(save_model(tiny_model(17.5), tmp_path / "m")).config.object_diameter == 17.5
+    with pytest.raises(InvalidInputError, match="object_diameter"):
+        tiny_model(-1.0)
