@@ -138,3 +138,15 @@ def test_a_folder_that_is_not_zarr_is_named_as_such(tmp_path, model, capsys):
     err = capsys.readouterr().err
     assert "pictures is a folder but not a zarr array or group" in err, err
     assert "Store" not in err and "found in" not in err, "no zarr internals"
+
+
+def test_diameter_resamples_a_tiff_to_the_model_object_size(tmp_path, capsys):
+    net = UNetConfig(in_channels=1, out_channels=3, depth=1, base_features=4, padding="same", norm="batch")
+    sized = Model.from_config(ModelConfig(net, object_diameter=10.0), seed=0)
+    save_model(sized, "sized")
+    source, target = tmp_path / "plane.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(source, (np.random.default_rng(0).random((60, 80)) * 4000).astype(np.uint16))
+    assert main(["segment", str(source), "-o", str(target), "--model", "sized", "--device", "cpu",
+                 "--diameter", "20"]) == 0
+    assert tifffile.imread(target).shape == (60, 80)
+    assert "resampled by 0.50 to the model's 10 px" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """``napari-unet segment``: segment an image file with a model and write the labels.
 
     napari-unet segment INPUT -o OUTPUT [--model nuclei] [--axes ZYX] [--device auto] [--tile 512]
-        [--batch 4] [--overlap N] [--tta] [--precision auto] [--scale Z Y X] [--stack 3d|planes]
+        [--batch 4] [--overlap N] [--tta] [--precision auto] [--scale Z Y X] [--stack 3d|planes] [--diameter PX]
         [--probabilities PATH]
 
 INPUT is a TIFF (``.tif``/``.tiff``), a zarr folder (a plain array or an OME-Zarr image, whose first
@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scale", type=float, nargs="+", default=None, metavar="SIZE",
                         help="pixel size per spatial axis in the image's order, e.g. --scale 2 0.5 0.5 for ZYX; "
                         "a coarser Z is resampled to the pixel size for 3D objects (default: isotropic)")
+    parser.add_argument("--diameter", type=float, default=None, metavar="PX",
+                        help="typical object diameter in pixels; the image is resampled to the model's object size "
+                        "(default: measured from a first pass)")
     parser.add_argument("--stack", default=None, choices=("3d", "planes"),
                         help="a 2D model on a z-stack: 3d (objects through the stack, the default for instance "
                         "models) or planes (each plane on its own)")
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         result = segment(image, model, axes=axes, device=args.device, tile_shape=tile, overlap=args.overlap,
                          batch_size=args.batch, progress=None if args.quiet else _Progress(),
                          out=out, tta=args.tta, precision=args.precision, probabilities=probabilities,
-                         scale=args.scale, stack=args.stack)
+                         scale=args.scale, stack=args.stack, diameter=args.diameter)
         if out is None:
             _write_array(args.output, result.labels, result.labels_axes, args.overwrite, created)
         if args.probabilities is not None and probabilities is True:

@@ -9,8 +9,8 @@ segments, and brings the labels (nearest) and probabilities (linear) back to the
 image segmented again at the estimated scale. Within :data:`TOLERANCE` the scale augmentation of training
 covers the difference and nothing is resampled.
 
-Resampling needs the image in memory; a lazy image (dask, zarr) is segmented at its own scale and the caller
-is told so.
+Resampling needs the image in memory: a lazy image (dask, zarr, a TIFF file) up to :data:`IN_MEMORY_BYTES` is
+read whole, a larger one is segmented at its own scale and the caller is told so.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ TOLERANCE = 1.15  # a given diameter within this factor of the trained one: no r
 AUTO_TOLERANCE = 1.6  # an estimated one: only a clear mismatch is worth a second pass (the estimate is rough)
 MIN_OBJECTS = 5  # fewer objects say little about their typical size
 MAX_FACTOR = 8.0
+IN_MEMORY_BYTES = 2**30  # a lazy image up to this size is read into memory to be resampled
 
 
 def model_diameter(config: Any) -> float | None:
@@ -52,6 +53,13 @@ def _factor(trained: float, diameter: float, tolerance: float) -> float:
     if abs(math.log(factor)) < math.log(tolerance):
         return 1.0
     return factor
+
+
+def _nbytes(image: Any) -> float:
+    try:
+        return math.prod(image.shape) * np.dtype(image.dtype).itemsize
+    except (AttributeError, TypeError):
+        return math.inf
 
 
 def _check_diameter(diameter: Any) -> None:
@@ -80,6 +88,8 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
         _check_diameter(diameter)
     config = getattr(model, "config", None)  # not a model: segment_steps says so
     trained = model_diameter(config) if config is not None else None
+    if trained is not None and not isinstance(image, np.ndarray) and _nbytes(image) <= IN_MEMORY_BYTES:
+        image = np.asarray(image)
     if trained is None or not isinstance(image, np.ndarray):
         result = yield from run(image, model, axes, **options)
         if diameter is not None:
