@@ -347,3 +347,22 @@ def test_scope_titles_name_an_image_or_a_stack(viewer, segment_widget, nuclei):
     segment_widget.image_picker.setCurrentIndex(segment_widget.image_picker.findText("flat"))
     assert titles()[0] == "Whole image"
     assert segment_widget.scope_picker.itemData(0) == "whole", "only the words change"
+
+
+def test_a_diameter_resamples_to_the_model_object_size(viewer, segment_widget, nuclei, run_segment):
+    from napari_unet.core.models import Model, ModelConfig, save_model
+    from napari_unet.core.unet import UNetConfig
+
+    network = UNetConfig(in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
+    sized = Model.from_config(ModelConfig(network, object_diameter=10.0), seed=0)
+    save_model(sized, "sized")
+    image, _ = nuclei
+    viewer.add_image(image, name="cells")
+    segment_widget.select_model("sized")
+    segment_widget.diameter_spin.setValue(20.0)
+    assert run_segment(segment_widget) == "done"
+    output = viewer.layers["cells labels"]
+    assert output.data.shape == image.shape
+    expected = segment(image, load_model("sized"), axes="YX", diameter=20.0, probabilities=False).labels
+    np.testing.assert_array_equal(output.data, expected)
+    assert "resampled by 0.50" in segment_widget.status.text()

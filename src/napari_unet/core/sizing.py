@@ -124,7 +124,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     if options.get("scale") is not None:  # the resampled pixels are smaller in Y and X by the factor
         scale = list(options["scale"])
         inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
-    result = yield from run(resampled, model, letters, **inner)
+    result = yield from _without_previews(run(resampled, model, letters, **inner))
     _resampled(result, image.shape, yx)
     for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
         if target is not None and not isinstance(target, bool):  # the caller's arrays (zarr...)
@@ -133,3 +133,16 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     result.messages.append(f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
                            f"{trained:.0f} px")
     return result
+
+
+def _without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+    """The progress of a run on the resampled image, whose previews lie on the resampled grid and so are not
+    passed on (a viewer would draw them in the wrong place); the final labels are on the image's grid."""
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if hasattr(event, "preview"):
+            event.preview, event.regions = None, []
+        yield event

@@ -19,6 +19,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QLabel,
     QLineEdit,
@@ -94,6 +95,14 @@ class SegmentWidget(QWidget):
         self.scope_picker.setToolTip("Segment the whole image or stack, only the slice or time point shown, or only "
                                      "the part of the image in view (fast feedback on big images).")
         self.device_picker = DevicePicker()
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 1000.0)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_spin.setSuffix(" px")
+        self.diameter_spin.setToolTip("Typical object diameter in pixels: the image is resampled so that objects "
+                                      "have the size the model was trained at. 'auto' measures them in a first "
+                                      "pass and segments again only if they are far from that size.")
 
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
@@ -138,6 +147,7 @@ class SegmentWidget(QWidget):
         main.addRow("Axes", self.axes_edit)
         main.addRow("", self.axes_note)
         main.addRow("Scope", self.scope_picker)
+        main.addRow("Diameter", self.diameter_spin)
         main.addRow("Device", self.device_picker)
         layout = scrollable_layout(self)
         layout.addLayout(main)
@@ -275,6 +285,7 @@ class SegmentWidget(QWidget):
             "tta": self.tta_check.isChecked(),
             "precision": self.precision_picker.currentText(),
             "probabilities": run.probabilities,
+            "diameter": self.diameter_spin.value() or None,
         }
         run.worker = start_worker(lambda: segment_in_worker(crop, model_path, token, options),
                                   lambda event: self._on_event(run, event), self, token, "Segment")
