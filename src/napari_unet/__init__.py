@@ -18,13 +18,22 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "segment": "napari_unet.core.inference",
     "SegmentResult": "napari_unet.core.inference",
+    "SegmentProgress": "napari_unet.core.inference",
     "finetune": "napari_unet.core.training",
+    "TrainProgress": "napari_unet.core.training",
     "Sample": "napari_unet.core.training_data",
     "Model": "napari_unet.core.models",
     "ModelConfig": "napari_unet.core.models",
     "load_model": "napari_unet.core.models",
     "save_model": "napari_unet.core.models",
     "list_models": "napari_unet.core.library",
+    "delete_model": "napari_unet.core.library",
+    "ModelInfo": "napari_unet.core.library",
+    "list_versions": "napari_unet.core.versions",
+    "rollback": "napari_unet.core.versions",
+    "rename_version": "napari_unet.core.versions",
+    "read_annotations": "napari_unet.core.versions",
+    "VersionInfo": "napari_unet.core.versions",
     "UNetConfig": "napari_unet.core.unet",
     "CancelToken": "napari_unet.core.cancel",
     "Cancelled": "napari_unet.core.errors",
@@ -38,12 +47,13 @@ __all__ = ["__version__", *_PUBLIC]
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from napari_unet.core.cancel import CancelToken
     from napari_unet.core.errors import Cancelled, InvalidInputError, ModelExistsError, ModelFileError
-    from napari_unet.core.inference import SegmentResult, segment
-    from napari_unet.core.library import list_models
+    from napari_unet.core.inference import SegmentProgress, SegmentResult, segment
+    from napari_unet.core.library import ModelInfo, delete_model, list_models
     from napari_unet.core.models import Model, ModelConfig, load_model, save_model
-    from napari_unet.core.training import finetune
+    from napari_unet.core.training import TrainProgress, finetune
     from napari_unet.core.training_data import Sample
     from napari_unet.core.unet import UNetConfig
+    from napari_unet.core.versions import VersionInfo, list_versions, read_annotations, rename_version, rollback
 
 
 def __getattr__(name: str) -> Any:

@@ -40,3 +40,17 @@ def test_reader_finds_files_without_heavy_imports(tmp_path):
 def test_opening_the_widgets_module_does_not_import_torch():
     statement = "import napari_unet.widgets.segment_widget, napari_unet.widgets.finetune_widget"
     assert "torch" not in _loaded_after(statement), "torch is imported in the background once a widget opens"
+
+
+def test_every_public_name_resolves_and_is_typed():
+    import ast
+    import inspect
+
+    import napari_unet
+
+    for name in napari_unet.__all__:
+        assert getattr(napari_unet, name) is not None, name
+    typed = {alias.asname or alias.name for node in ast.walk(ast.parse(inspect.getsource(napari_unet)))
+             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("napari_unet.")
+             for alias in node.names}
+    assert set(napari_unet.__all__) - {"__version__"} == typed, "the TYPE_CHECKING imports list the public names"
