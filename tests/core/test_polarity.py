@@ -109,3 +109,4 @@ def test_a_run_that_never_beats_the_start_on_validation_says_so_and_keeps_its_we
                if "running" not in k and "num_batches" not in k)
     learned = finetune(start, [Sample(image, labels)], learning_rate=1e-2, **{**common, "steps": 20})
     assert learned.config.history[-1]["improved"] is True
+

@@ -299,3 +299,11 @@ def test_the_validation_block_is_taken_out_of_the_training_loss():
     block, = validation.blocks
     assert block.annotated.sum() == validation.annotated_pixels
     assert block.input.shape[0] == 1 and all(n >= s + 32 for n, s in zip(block.input.shape[1:], block.classes.shape))
+
+
+def test_finetune_spells_out_the_options_of_finetune_steps():
+    import inspect
+
+    ours, steps = inspect.signature(finetune), inspect.signature(finetune_steps)
+    assert list(ours.parameters) == list(steps.parameters), "no **options: every option is named and typed"
+    assert all(ours.parameters[n].default == steps.parameters[n].default for n in steps.parameters)

@@ -85,10 +85,20 @@ class TrainProgress:
 def finetune(
     model: Model, samples: Sequence[Sample], time_budget_s: float | None = 60.0, steps: int | None = None,
     device: str | torch.device = "auto", progress: Progress | None = None, cancel: Any = None, seed: int = 0,
-    **options: Any,
+    *, learning_rate: float | None = None, new_kind: bool | None = None, from_scratch: bool = False,
+    batch_size: int = 4, patch_shape: int | Sequence[int] | None = None,
+    validation_fraction: float = 0.2, augment: bool | Augmentation = True,
+    on_cancel: Literal["best", "none"] = "best", weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
+    validations: int = 20, patience: int = 5, w0: float = 10.0, sigma: float = 5.0,
+    freeze_batchnorm: bool | None = None, mixed_precision: bool | None = None, match_polarity: bool = True,
 ) -> Model:
-    """Fine-tune ``model`` on ``samples`` and return the tuned copy (see :func:`finetune_steps`)."""
-    steps_iter = finetune_steps(model, samples, time_budget_s, steps, device, progress, cancel, seed, **options)
+    """Fine-tune ``model`` on ``samples`` and return the tuned copy; the options are :func:`finetune_steps`'s."""
+    steps_iter = finetune_steps(
+        model, samples, time_budget_s, steps, device, progress, cancel, seed, learning_rate=learning_rate,
+        new_kind=new_kind, from_scratch=from_scratch, batch_size=batch_size, patch_shape=patch_shape,
+        validation_fraction=validation_fraction, augment=augment, on_cancel=on_cancel, weight_decay=weight_decay,
+        warmup_fraction=warmup_fraction, validations=validations, patience=patience, w0=w0, sigma=sigma,
+        freeze_batchnorm=freeze_batchnorm, mixed_precision=mixed_precision, match_polarity=match_polarity)
     while True:
         try:
             next(steps_iter)
