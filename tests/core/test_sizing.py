@@ -118,3 +118,18 @@ def test_the_object_size_is_saved_with_the_model(tmp_path):
     assert load_model(save_model(tiny_model(17.5), tmp_path / "m")).config.object_diameter == 17.5
     with pytest.raises(InvalidInputError, match="object_diameter"):
         tiny_model(-1.0)
+
+
+def test_fine_tuning_data_are_resampled_to_the_model_object_size():
+    from napari_unet.core.training_data import Sample, prepare_data
+
+    labels = discs((240, 240), 20)  # objects of 40 px for a 20 px model
+    image = (labels > 0).astype(np.float32) * 100 + 10
+    data = prepare_data(tiny_model(20), [Sample(image, labels)], None, 0.0, 10.0, 5.0)
+    (item,) = data.items
+    assert data.scales == [{"object_diameter": pytest.approx(40, rel=0.05), "resampled_by": pytest.approx(0.5,
+                                                                                                         rel=0.05)}]
+    annotated = item.targets.annotated
+    assert annotated.sum() == pytest.approx(240 * 240 * 0.5 ** 2, rel=0.02), "the plane is half as wide and high"
+    unsized = prepare_data(tiny_model(None), [Sample(image, labels)], None, 0.0, 10.0, 5.0)
+    assert unsized.items[0].targets.annotated.sum() == 240 * 240 and unsized.scales[0]["resampled_by"] == 1.0

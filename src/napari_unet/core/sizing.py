@@ -9,6 +9,10 @@ segments, and brings the labels (nearest) and probabilities (linear) back to the
 image segmented again at the estimated scale. Within :data:`TOLERANCE` the scale augmentation of training
 covers the difference and nothing is resampled.
 
+Fine-tuning resamples each annotated image the same way (:func:`training_factor`, :func:`resample_plane`), so
+that a model keeps learning objects of its own size, and a 128 px patch holds several large cells rather than a
+piece of one.
+
 Resampling needs the image in memory: a lazy image (dask, zarr, a TIFF file) up to :data:`IN_MEMORY_BYTES` is
 read whole, a larger one is segmented at its own scale and the caller is told so.
 """
@@ -146,3 +150,27 @@ def _without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, 
         if hasattr(event, "preview"):
             event.preview, event.regions = None, []
         yield event
+
+
+def training_factor(config: Any, labels: np.ndarray, annotated: np.ndarray) -> tuple[float, float | None]:
+    """(factor, measured diameter) for one training sample of a 2D model: its annotated objects resampled to the
+    model's object size; factor 1.0 when the model records no size, the objects are too few to measure, or they
+    are within :data:`TOLERANCE` of it."""
+    trained = model_diameter(config)
+    if trained is None or config.network.spatial_dims != 2 or config.task != "instance":
+        return 1.0, None
+    found = estimate_diameter(np.where(annotated, labels, 0))
+    if found is None:
+        return 1.0, None
+    return float(np.clip(_factor(trained, found, TOLERANCE), 1 / MAX_FACTOR, MAX_FACTOR)), found
+
+
+def resample_plane(image: np.ndarray, labels: np.ndarray, annotated: np.ndarray, factor: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training plane resampled by ``factor`` in Y and X: the (C, Y, X) image linearly, labels and annotated
+    area by nearest neighbour."""
+    zoom = (factor, factor)
+    image = ndimage.zoom(np.asarray(image, np.float32), (1.0, *zoom), order=1, grid_mode=True, mode="nearest")
+    labels = ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
+    annotated = ndimage.zoom(annotated, zoom, order=0, grid_mode=True, mode="nearest")
+    return image, labels, annotated
