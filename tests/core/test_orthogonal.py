@@ -51,8 +51,8 @@ def volume(shape=(8, 12, 16), seed=3):
 
 
 def test_the_average_of_the_yx_zx_and_zy_passes_is_labelled_in_3d():
-    model = random_model()
-    stack = volume()
+    model = random_model(seed=4)  # gives all three classes and several objects on this stack
+    stack = volume(seed=0)
     result = segment(stack, model, **FLOAT32)
     stats = model.config.normalization.statistics(stack[None])  # one normalisation for the whole stack
     yx = probabilities_of_planes(model, stack, stats).transpose(1, 0, 2, 3)  # planes stack[z] -> (3, Z, Y, X)
@@ -61,8 +61,29 @@ def test_the_average_of_the_yx_zx_and_zy_passes_is_labelled_in_3d():
     assert np.abs(yx - zx).max() > 0.01 and np.abs(yx - zy).max() > 0.01, "the orientations must differ"
     mean = (yx + zx + zy) / 3
     np.testing.assert_allclose(result.probabilities, mean, atol=1e-5)
-    np.testing.assert_array_equal(result.labels, instance_labels(result.probabilities, model.config.object_filter))
-    assert result.labels_axes == "ZYX" and result.objects == result.labels.max()
+    classes = [np.argmax(p, 0) for p in (yx, zx, zy)]
+    interior = np.logical_and.reduce([c == 1 for c in classes])  # seeds: interior in all three passes
+    foreground = np.logical_and.reduce([c > 0 for c in classes])  # extent: foreground in all three
+    expected = orthogonal.label_volume(mean, interior, foreground, model.config.object_filter)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert result.labels_axes == "ZYX" and result.objects == result.labels.max() > 1
+
+
+def test_seeds_need_all_three_passes_so_one_missed_boundary_does_not_merge_objects():
+    shape = (6, 4, 9)
+    interior = np.array([0.05, 0.9, 0.05], np.float32)  # background, interior, boundary
+    weak_boundary = np.array([0.05, 0.45, 0.5], np.float32)
+    passes = [np.broadcast_to(interior[:, None, None, None], (3, *shape)).copy() for _ in range(3)]
+    for p in passes[:2]:  # two passes see the boundary plane between two nuclei, the third does not
+        p[:, :, :, 4] = weak_boundary[:, None, None]
+    mean = sum(passes) / 3
+    assert instance_labels(mean).max() == 1, "the averaged map alone merges them"
+    inside, foreground = np.ones(shape, bool), np.ones(shape, bool)
+    for p in passes:
+        orthogonal.agree(p, inside, foreground)
+    labels = orthogonal.label_volume(mean, inside, foreground)
+    assert labels.max() == 2 and (labels > 0).all()
+    assert len(np.unique(labels[:, :, :4])) == len(np.unique(labels[:, :, 5:])) == 1
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,16 @@ A 2D model applied plane by plane labels every plane on its own, so one nucleus 
 objects. Here the 2D network runs three times over each volume: on its YX planes, on its ZX planes and on its
 ZY planes (a transposed view of the volume, segmented plane by plane by the ordinary tiled engine of
 :mod:`~napari_unet.core.inference`, probabilities kept). The three background / interior / boundary maps are
-brought back to ZYX and averaged, and the 3D seeded watershed of :func:`~napari_unet.core.postprocess.
-instance_labels` labels the result: one id per object through the whole stack. A TZYX time-lapse gives 3D
-objects per time point, with ids unique over the whole image.
+brought back to ZYX and averaged, and a 3D seeded watershed labels the result (:func:`label_volume`): one id per
+object through the whole stack. A TZYX time-lapse gives 3D objects per time point, with ids unique over the
+whole image.
+
+Seeds and extent are taken by consensus: a voxel seeds an object only where all three passes call it interior,
+and belongs to an object only where all three call it foreground; the averaged map shapes the watershed between
+them. Seeds from the averaged map alone join touching nuclei through any voxel where one pass misses the
+boundary (in 3D, one gap in a boundary surface is enough): on held-out generated stacks of the bundled model
+(``bench/stack3d.py``, isotropic, one stack each) consensus raised 3D object F1@0.5 from 0.52 to 0.94 on
+separate nuclei and from 0.10 to 0.56 on crowded ones.
 
 The network was trained on planes with square pixels. A ZX plane of a stack whose Z step is coarser than its
 pixels shows every nucleus squashed by that ratio, so with ``scale=(z, y, x)`` the *image* is resampled in Z to
@@ -16,7 +23,8 @@ would not help: the network would already have looked at squashed nuclei. The re
 taken at the same nearest planes, so that they agree with the labels voxel by voxel.
 
 Memory: the route holds each volume's image, two float32 probability maps (the running sum and the current
-pass), a scratch label volume and the watershed's working arrays, about 60 bytes per (resampled) voxel. A stack
+pass), the two consensus masks, a scratch label volume and the watershed's working arrays, about 60 bytes per
+(resampled) voxel. A stack
 whose volume needs more than a quarter of the machine's memory is refused with a message that suggests
 ``stack="planes"``; there is no out-of-core version of this route yet.
 """
@@ -36,7 +44,7 @@ from napari_unet.core.axes import Layout, check_axes, infer_axes, resolve_axes
 from napari_unet.core.cancel import raise_if_cancelled
 from napari_unet.core.colour import grey_for_model, is_colour
 from napari_unet.core.errors import InvalidInputError
-from napari_unet.core.postprocess import clear, instance_labels
+from napari_unet.core.postprocess import ObjectFilter, clear
 from napari_unet.core.runner import physical_memory
 
 STACKS = ("3d", "planes")
@@ -148,7 +156,7 @@ def nearest_planes(depth: int, resampled: int) -> np.ndarray:
 def memory_needed(voxels: int, resampled_voxels: int, channels: int, itemsize: int, classes: int) -> int:
     """Bytes one volume of the 3D route holds at its peak (see the module's docstring)."""
     image = voxels * channels * itemsize + (resampled_voxels * channels * 4 if resampled_voxels != voxels else 0)
-    return image + resampled_voxels * (2 * classes * 4 + 4 + WATERSHED_BYTES)
+    return image + resampled_voxels * (2 * classes * 4 + 2 + 4 + WATERSHED_BYTES)
 
 
 def segment_stack_steps(plan: StackPlan, model: Any, *, device: Any, tile_shape: Any, overlap: int | None,
@@ -160,6 +168,32 @@ def segment_stack_steps(plan: StackPlan, model: Any, *, device: Any, tile_shape:
                     progress=progress, cancel=cancel, out=out, tta=tta, precision=precision,
                     probabilities=probabilities, keep_partial=keep_partial)
     return (yield from run.steps())
+
+
+def agree(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarray) -> None:
+    """Keep in ``interior`` and ``foreground`` only the voxels one pass's (3, ...) probabilities give that class.
+
+    The classes are those of ``np.argmax`` (ties to the lower class), without its int64 array.
+    """
+    background, inside, boundary = probabilities
+    interior &= (inside > background) & (inside >= boundary)
+    foreground &= (inside > background) | (boundary > background)
+
+
+def label_volume(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarray,
+                 objects: ObjectFilter = ObjectFilter()) -> np.ndarray:
+    """Instance labels 1..N: the connected components of ``interior`` grown over ``foreground`` by a watershed
+    on the averaged interior probability (face connectivity), then filtered by size as plane-by-plane labels are."""
+    from skimage.segmentation import watershed
+
+    seeds, _ = ndimage.label(interior)
+    grown = watershed(1.0 - probabilities[1], seeds, mask=foreground, connectivity=1)
+    del seeds
+    sizes = np.bincount(grown.ravel())
+    final = np.zeros(len(sizes), dtype=np.int32)
+    keep = np.flatnonzero(objects.keep(sizes[1:])) + 1
+    final[keep] = np.arange(1, len(keep) + 1)
+    return final[grown]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +296,8 @@ class _StackRun:
         shape = volume.shape[1:]
         summed = np.zeros((self.classes, *shape), np.float32)
         current = np.empty_like(summed)
+        interior = np.ones(shape, bool)  # interior in every pass so far
+        foreground = np.ones(shape, bool)  # foreground in every pass so far
         scratch = np.zeros(shape, np.int32)  # the engine's per-plane class ids, not used
         runs = []
         for k, (_, order) in enumerate(PASSES):
@@ -280,16 +316,21 @@ class _StackRun:
             for key in ("setup", "read", "network"):
                 self.timings[key] += run.timings[key]
             self.messages += [m for m in run.messages if m not in self.messages and (k == 0 or "constant" not in m)]
+            agree(summed if k == 0 else current, interior, foreground)
             if k:
                 summed += current
         raise_if_cancelled(self.cancel)
         t0 = time.perf_counter()
         summed *= np.float32(1 / len(PASSES))
         del current, scratch, runs
-        labels = instance_labels(summed, self.model.config.object_filter)
+        labels = label_volume(summed, interior, foreground, self.model.config.object_filter)
+        del interior, foreground
         planes = nearest_planes(self.depth, self.resampled)
         if self.resampled != self.depth:
-            labels = labels[planes]
+            ids, labels = np.unique(labels[planes], return_inverse=True)  # objects thinner than a Z step may go
+            labels = labels.reshape(self.depth, *shape[1:]).astype(np.int32)
+            if ids[0] != 0:  # no background at all
+                labels += 1
         objects = int(labels.max(initial=0))
         if self.count + objects > np.iinfo(np.dtype(self.labels.dtype)).max:
             raise OverflowError(f"{self.count + objects} objects do not fit the labels dtype {self.labels.dtype}; "
