@@ -114,12 +114,13 @@ def is_edited(layer: Any) -> bool:
     return _EDITED.get(unwrap(layer), True)
 
 
-def reusable_output(layers: Sequence[Any], source: str, shape: tuple[int, ...]) -> Any | None:
-    """The plugin's unedited Labels output for image ``source`` with ``shape``, if there is one."""
+def reusable_output(layers: Sequence[Any], source: str, shape: tuple[int, ...], lazy: bool = False) -> Any | None:
+    """The plugin's unedited Labels output for image ``source`` with ``shape``, if there is one; held in memory
+    (numpy), or with ``lazy`` on disk (a zarr array, for results too large for memory)."""
     for layer in reversed(list(layers)):
         record = output_record(layer)
         if (record and record.get("source") == source and not is_edited(layer)
-                and tuple(layer.data.shape) == tuple(shape)):
+                and tuple(layer.data.shape) == tuple(shape) and isinstance(layer.data, np.ndarray) != lazy):
             return layer
     return None
 

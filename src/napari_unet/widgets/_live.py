@@ -4,7 +4,8 @@ Redrawing a whole 2048 x 2048 Labels layer costs about 100 ms on a small CPU, fa
 may take. napari's own painting tools avoid this by uploading only the changed part of the texture; this
 module does the same for the tiles a run finishes: it writes them into the layer's array and redraws only the
 part of the current view they touch, a few per event-loop turn within a small time budget. Where that is not
-possible (a 3D view, transposed axes, a non-numpy array) it falls back to a throttled full refresh.
+possible (a 3D view, transposed axes, a non-numpy array such as the zarr array of a result too large for
+memory) it falls back to a throttled full refresh, skipped for regions on slices not on screen.
 """
 from __future__ import annotations
 
@@ -32,12 +33,12 @@ def redraw_region(layer: Any, region: tuple[slice, ...]) -> bool:
     try:
         data = layer.data
         displayed = list(layer._slice_input.displayed)
+        point = layer._get_pt_not_disp()
+        if any(not (region[axis].start <= index < region[axis].stop) for axis, index in point.items()):
+            return True  # the region is on another slice: nothing visible changed (whatever the array)
         if (not isinstance(data, np.ndarray) or len(displayed) != 2 or displayed != sorted(displayed)
                 or layer.contour != 0 or not layer._slicing_state.loaded):
             return False
-        point = layer._get_pt_not_disp()
-        if any(not (region[axis].start <= index < region[axis].stop) for axis, index in point.items()):
-            return True  # the region is on another slice: nothing visible changed
         shown = tuple(region[axis] for axis in displayed)
         source = tuple(region[axis] if axis in displayed else point[axis] for axis in range(data.ndim))
         image = layer._slice.image
@@ -78,6 +79,12 @@ class LiveLabels(QObject):
         target = self.layer.data[region]
         target[...] = np.asarray(values).reshape(target.shape)
         self.queue(region)
+
+    def refresh_all(self) -> None:
+        """Redraw the layer's current view once, soon (a zarr-backed layer: only what is on screen is read)."""
+        self._needs_full = True
+        if not self._timer.isActive():
+            self._timer.start()
 
     def queue(self, region: tuple[slice, ...]) -> None:
         self._queue.extend(blocks(region) if len(region) >= 2 else [region])

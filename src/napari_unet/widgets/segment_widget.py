@@ -4,6 +4,10 @@ The widget gathers values and plans the run on the main thread (which image, whi
 stack, which output layer), then runs :func:`napari_unet.core.inference.segment_steps` in a napari generator
 worker. Everything the worker yields comes back to the main thread, where finished tiles are copied into the
 output Labels layer and redrawn piecewise (:mod:`._live`). The worker never touches a widget or a layer.
+
+A result too large for memory (labels over :func:`napari_unet.core.memory.in_memory_limit`) goes to disk: the
+core writes it straight into a zarr array (:mod:`._scratch`) that a lazy Labels layer shows, and the main thread
+only redraws what is on screen; probabilities likewise go to zarr arrays of the part segmented.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from napari_unet.widgets._layers import (
     output_record,
     reusable_output,
 )
+from napari_unet.widgets import _scratch
 from napari_unet.widgets._live import LiveLabels
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
@@ -63,6 +68,8 @@ class _Run:
     progress: RunProgress
     live: LiveLabels
     probabilities: bool
+    lazy: bool = False  # too large for memory: the core writes into zarr arrays the layers show
+    scratch: list[str] = field(default_factory=list)  # the zarr folders this run writes into
     worker: Any = None
     written: bool = False
     ended: bool = False  # the outcome arrived: later progress events are stale
@@ -271,11 +278,12 @@ class SegmentWidget(QWidget):
         scope = plan_scope(data.shape, axes, self.scope_picker.currentData(), self._position(layer, axes), dims,
                            self._view_bounds(layer, axes))
         crop = data[scope.image_index]
-        output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name)
+        lazy = _too_large(data.shape, axes, scope, model_path, self.probabilities_check.isChecked())
+        output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name, lazy)
         token = CancelToken()
         progress = RunProgress(f"Segmenting {layer.name}", cancel_callback=lambda: self.cancel("cancelled"))
         run = _Run(layer, output, created, scope, token, progress, LiveLabels(output, self),
-                   self.probabilities_check.isChecked())
+                   self.probabilities_check.isChecked(), lazy)
         self._run = run
         options = {
             "axes": scope.axes,
@@ -287,8 +295,10 @@ class SegmentWidget(QWidget):
             "probabilities": run.probabilities,
             "diameter": self.diameter_spin.value() or None,
         }
-        run.worker = start_worker(lambda: segment_in_worker(crop, model_path, token, options),
-                                  lambda event: self._on_event(run, event), self, token, "Segment")
+        steps = lambda: segment_in_worker(crop, model_path, token, options)  # noqa: E731
+        if lazy:
+            steps = self._lazy_steps(run, crop, model_path, options, clear=not created)
+        run.worker = start_worker(steps, lambda event: self._on_event(run, event), self, token, "Segment")
         self.run_button.setText("Cancel")
         self.progress_bar.set_progress(0, 0, "loading the model...")
         self.status.setText(f"Segmenting {layer.name} ({scope.description}) with {model_path.name}...")
@@ -325,19 +335,48 @@ class SegmentWidget(QWidget):
         (y0, x0), (y1, x1) = ([c[shown[0]], c[shown[1]]] for c in corners)
         return {"Y": (min(y0, y1), max(y0, y1)), "X": (min(x0, x1), max(x0, x1))}
 
+    def _lazy_steps(self, run: _Run, crop: Any, model_path: Path, options: dict[str, Any], clear: bool) -> Any:
+        """The worker of a run too large for memory: labels (and probabilities) go straight into zarr arrays.
+
+        The arrays are made here, on the main thread; the worker writes into them (first clearing the part a
+        reused output layer had from an earlier run) and never touches the layers.
+        """
+        labels = _scratch.CropView(run.output.data, run.scope.output_index, run.scope.fixed)
+        options = {**options, "out": labels, "keep_partial": True}  # a stopped run keeps its tiles, as in memory
+        if run.probabilities:
+            classes = _model_classes(model_path)
+            options["probabilities"] = _scratch.create((classes, *labels.shape), np.float32)
+        run.scratch = [f for f in (_scratch.folder_of(run.output.data),
+                                   _scratch.folder_of(options["probabilities"])) if f]
+        for folder in run.scratch:
+            _scratch.hold(folder)
+        token = run.cancel
+
+        def steps() -> Any:
+            if clear:
+                from napari_unet.core.postprocess import fill
+
+                fill(labels, (), 0)
+            return (yield from segment_in_worker(crop, model_path, token, options))
+
+        return steps
+
     def _output_layer(self, source: Any, axes: str, shape: tuple[int, ...], scope: Scope,
-                      model_name: str) -> tuple[Any, bool]:
-        """The plugin's unedited previous output for this image, or a new Labels layer."""
+                      model_name: str, lazy: bool = False) -> tuple[Any, bool]:
+        """The plugin's unedited previous output for this image, or a new Labels layer (zarr-backed if ``lazy``:
+        its part for this run is then cleared by the worker, not here)."""
         out_shape = tuple(n for n, a in zip(shape, axes) if a != "C")
-        layer = reusable_output(self.viewer.layers, source.name, out_shape)
+        layer = reusable_output(self.viewer.layers, source.name, out_shape, lazy)
         if layer is not None:
-            layer.data[scope.output_index] = 0
+            if not lazy:
+                layer.data[scope.output_index] = 0
             layer.metadata["napari_unet"].update(model=model_name, partial=False)
             layer.name = f"{source.name} labels"
             layer.refresh()
             return layer, False
-        layer = self.viewer.add_labels(np.zeros(out_shape, dtype=OUTPUT_DTYPE), name=f"{source.name} labels",
-                                       **geometry_kwargs(source, axes))
+        data = _scratch.create(out_shape, np.int32) if lazy else np.zeros(out_shape, dtype=OUTPUT_DTYPE)
+        layer = self.viewer.add_labels(data, name=f"{source.name} labels", **geometry_kwargs(source, axes))
+        _scratch.attach(self.viewer.layers, layer, data)
         mark_output(layer, source.name, model_name)
         return layer, True
 
@@ -358,7 +397,10 @@ class SegmentWidget(QWidget):
             self.status.setText(event.message)
         if run.output in self.viewer.layers and event.preview is not None:
             for region in event.regions:
-                run.live.write(run.scope.to_output(region), event.preview[region])
+                if run.lazy:  # the worker wrote into the layer's own zarr array: only redraw
+                    run.live.queue(run.scope.to_output(region))
+                else:
+                    run.live.write(run.scope.to_output(region), event.preview[region])
                 run.written = True
         # last: napari's activity bar processes pending events, so the next ones may be handled inside this call
         run.progress.update_to(event.done, event.total)
@@ -377,13 +419,16 @@ class SegmentWidget(QWidget):
         output_alive = run.output in self.viewer.layers
         if outcome.status == "done" and output_alive and not run.stop_reason:
             result = outcome.value
-            labels = np.asarray(result.labels)
-            fit_labels_dtype(run.output, int(labels.max(initial=0)))
-            run.live.write(run.scope.output_index, labels)
+            if run.lazy:  # already in the layer's zarr array (final ids): no full-volume work here
+                run.live.refresh_all()
+            else:
+                labels = np.asarray(result.labels)
+                fit_labels_dtype(run.output, int(labels.max(initial=0)))
+                run.live.write(run.scope.output_index, labels)
+                autosaver_for(self.viewer).watch(run.output)  # the user will correct it: keep their work safe
             run.output.metadata["napari_unet"]["partial"] = False
-            autosaver_for(self.viewer).watch(run.output)  # the user will correct it: keep their work safe
             if run.probabilities and getattr(result, "probabilities", None) is not None:
-                self._show_probabilities(run, result)
+                (self._show_lazy_probabilities if run.lazy else self._show_probabilities)(run, result)
             seconds = time.perf_counter() - run.started
             count = getattr(result, "objects", None)
             found = f": {count} object{'s' if count != 1 else ''}" if count is not None else ""
@@ -429,7 +474,33 @@ class SegmentWidget(QWidget):
                                           blending="additive", **kwargs)
             self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(run.output))
 
+    def _show_lazy_probabilities(self, run: _Run, result: Any) -> None:
+        """As :meth:`_show_probabilities`, for a run too large for memory: each layer shows its class of the zarr
+        array the core wrote, lazily, and covers only the part segmented (a slice or region: that part)."""
+        import dask.array as da
+
+        probabilities = result.probabilities
+        folder = _scratch.folder_of(probabilities)
+        kwargs = geometry_kwargs(run.output)
+        part = run.scope.output_index
+        kwargs["translate"] = tuple(t + s.start * scale for t, s, scale in
+                                    zip(kwargs["translate"], part, kwargs["scale"]))
+        shape = tuple(s.stop - s.start for s in part)
+        lazy = da.from_zarr(probabilities)
+        classes = list(result.classes)
+        for index in range(1, probabilities.shape[0]):
+            name = f"{run.source.name} P({classes[index] if index < len(classes) else index})"
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            layer = self.viewer.add_image(lazy[index].reshape(shape), name=name, colormap="magma",
+                                          contrast_limits=(0, 1), blending="additive", **kwargs)
+            _scratch.attach(self.viewer.layers, layer, probabilities)
+            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(run.output))
+
     def _end(self, run: _Run, status: str, message: str) -> None:
+        for folder in run.scratch:
+            _scratch.release(folder, self.viewer.layers)
+        run.scratch = []
         if run.output in self.viewer.layers:
             run.output.refresh(data_displayed=False, highlight=False, extent=False)  # the layer list thumbnail
         if self._run is run:
@@ -440,6 +511,30 @@ class SegmentWidget(QWidget):
         self.status.setText(message)
         run.progress.close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
+
+
+def _too_large(shape: tuple[int, ...], axes: str, scope: Scope, model_path: Path, probabilities: bool) -> bool:
+    """Whether a run's labels (int32, the whole image's, as the output layer holds them) or probabilities
+    (float32, the part segmented) would exceed the in-memory limit, so that they must go to zarr arrays."""
+    from napari_unet.core.memory import in_memory_limit
+
+    limit = in_memory_limit()
+    labels = int(np.prod([n for n, a in zip(shape, axes) if a != "C"], dtype=np.int64)) * 4
+    if labels > limit:
+        return True
+    part = int(np.prod([s.stop - s.start for s, fixed in zip(scope.output_index, scope.fixed) if not fixed],
+                       dtype=np.int64))
+    return probabilities and _model_classes(model_path) * part * 4 > limit
+
+
+def _model_classes(folder: Path) -> int:
+    """The number of classes a model predicts, from its config (no torch); 3 where it does not say."""
+    from napari_unet.core.library import read_config_json
+
+    try:
+        return int((read_config_json(folder / "config.json").get("network") or {}).get("out_channels", 3))
+    except (ValueError, TypeError):
+        return 3
 
 
 def _data(layer: Any) -> Any:
