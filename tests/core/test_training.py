@@ -307,3 +307,21 @@ def test_finetune_spells_out_the_options_of_finetune_steps():
     ours, steps = inspect.signature(finetune), inspect.signature(finetune_steps)
     assert list(ours.parameters) == list(steps.parameters), "no **options: every option is named and typed"
     assert all(ours.parameters[n].default == steps.parameters[n].default for n in steps.parameters)
+
+
+def test_preparing_the_data_does_not_use_up_the_time_budget(monkeypatch):
+    import time as time_module
+
+    import napari_unet.core.training as training_module
+
+    real = training_module.prepare_data
+
+    def slow_prepare(*args, **kwargs):
+        time_module.sleep(1.5)  # a busy machine, or large images
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "prepare_data", slow_prepare)
+    tuned = finetune(tiny_model(), [nuclei()], time_budget_s=1.0, batch_size=2, validation_fraction=0.0)
+    provenance = tuned.config.provenance
+    assert provenance["steps"] >= 1 and provenance["settings"]["prepare_s"] >= 1.5
+    assert provenance["time_s"] < 1.5, "the budget counts training time"

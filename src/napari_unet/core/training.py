@@ -158,8 +158,12 @@ def finetune_steps(
     precision = _precision(target, mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
 
+    # The time budget is for training: preparing the data and validating the start do not use it up (on a busy
+    # machine they could take all of a short budget, and not one step would be made).
+    budget_started = [time.perf_counter()]
+
     def elapsed() -> float:
-        return time.perf_counter() - started
+        return time.perf_counter() - budget_started[0]
 
     def fraction_done(step: int) -> float:
         done = step / steps if steps else 0.0
@@ -188,6 +192,8 @@ def finetune_steps(
         new_kind = from_scratch or data.inverted or _struggles(start_metrics, model.config.task)
     if learning_rate is None:
         learning_rate = NEW_KIND_LEARNING_RATE if new_kind else LEARNING_RATE
+    prepare_s = time.perf_counter() - started
+    budget_started[0] = time.perf_counter()
     while True:
         done = fraction_done(step)
         if done >= 1.0:
@@ -230,7 +236,8 @@ def finetune_steps(
                 "batch_size": batch_size, "patch_shape": list(data.input_shape),
                 "validation_fraction": validation_fraction, "augment": augmentation != NO_AUGMENTATION, "w0": w0,
                 "sigma": sigma, "freeze_batchnorm": freeze, "inverted_input": data.inverted, "samples_at_model_size": data.scales,
-                "mixed_precision": str(precision).replace("torch.", "") if precision else None, "device": str(target)}
+                "mixed_precision": str(precision).replace("torch.", "") if precision else None, "device": str(target),
+                "prepare_s": round(prepare_s, 2)}
     # with a validation block, the kept state is the start itself unless training beat it there
     improved = best_step > 0 if data.validation is not None and not from_scratch else None
     _record_provenance(tuned, model, data, seed, step, elapsed(), reason, started_at, losses, best_metrics, settings,
