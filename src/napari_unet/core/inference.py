@@ -180,7 +180,7 @@ class _Run:
         self.config = model.config
         self.net_config = self.config.network
         self.image, axes, grey_note = grey_for_model(self.image, axes, self.net_config.spatial_dims,
-                                                     self.net_config.in_channels, stacklevel=5)
+                                                     self.net_config.in_channels, stacklevel=7)
         self.axes = resolve_axes(axes, self.image.shape, spatial_dims=self.net_config.spatial_dims,
                                  in_channels=self.net_config.in_channels)
         self.image_axes = self.axes + "C" if grey_note else self.axes  # what the caller's image has
@@ -384,7 +384,7 @@ class _Run:
         self.timings["labels"] += time.perf_counter() - t0
         if self.saw_bad:
             note = "the image has NaN or infinite pixels; they were treated as background"
-            warnings.warn(note, RuntimeWarning, stacklevel=4)
+            warnings.warn(note, RuntimeWarning, stacklevel=7)
             self.messages.append(note)
         if self.constant_planes:
             what = "the image is" if self.constant_planes == len(self.planes) else \

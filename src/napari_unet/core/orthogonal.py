@@ -108,7 +108,7 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
     if not has_depth:
         return None, None  # a single plane: its YX pass is the whole story
     factor = sizes["Z"] / _lateral(sizes, strict=True) if sizes else 1.0
-    grey, grey_axes, grey_note = grey_for_model(checked, axes, dims, channels, stacklevel=5)
+    grey, grey_axes, grey_note = grey_for_model(checked, axes, dims, channels, stacklevel=7)
     letters = resolve_axes(grey_axes, grey.shape, spatial_dims=dims, in_channels=channels)
     notes = (grey_note,) if grey_note else ()
     image_axes = letters + "C" if grey_note else letters
