@@ -154,6 +154,17 @@ def test_a_coarse_z_is_resampled_for_the_passes_and_the_labels_come_back_to_the_
     assert orthogonal.resampled_depth(16, 1.0) == 16 and orthogonal.resampled_depth(16, 2.0) == 31
 
 
+def test_thin_zx_and_zy_planes_are_batched_up_to_the_pixels_of_a_yx_tile(monkeypatch):
+    shapes = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, x: shapes.append(tuple(x.shape)) or forward(self, x))
+    segment(volume((4, 32, 32)), random_model(), **FLOAT32)
+    assert (1, 1, 32, 32) in shapes  # YX planes: one per batch on a CPU
+    assert (8, 1, 4, 32) in shapes, shapes  # ZX and ZY planes: 4 x 32 pixels, eight per batch
+    assert sum(n for n, _, *plane in shapes if plane == [32, 32]) == 4  # every plane once
+    assert sum(n for n, _, *plane in shapes if plane == [4, 32]) == 32 + 32
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"stack": "volume"}, "stack must be '3d'"),
     ({"scale": (1.0, 1.0)}, "one positive pixel size per spatial axis"),

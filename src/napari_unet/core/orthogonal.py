@@ -307,6 +307,10 @@ class _StackRun:
                 volume.transpose(channel_order), self.pass_model, "CZYX", progress=None, cancel=self.cancel,
                 out=scratch.transpose(order), probabilities=target.transpose(channel_order), keep_partial=True,
                 **self.options))
+        if self.options["batch_size"] is None:  # thin ZX and ZY planes: batch them up to one YX batch's pixels
+            pixels = math.prod(runs[0].plan.tile_shape) * runs[0].batch
+            for run in runs[1:]:
+                run.batch = max(run.batch, min(16, pixels // math.prod(run.plan.tile_shape)))
         if index == 0:
             self.total = sum(run.total for run in runs) * len(self.volumes)
         per_volume = sum(run.total for run in runs)
