@@ -138,7 +138,8 @@ def finetune_steps(
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
-    _check_options(time_budget_s, steps, batch_size, learning_rate or LEARNING_RATE, validation_fraction, validations, on_cancel)
+    _check_options(time_budget_s, steps, batch_size, LEARNING_RATE if learning_rate is None else learning_rate,
+                   validation_fraction, validations, on_cancel)
     augmentation = augment if isinstance(augment, Augmentation) else (Augmentation() if augment else NO_AUGMENTATION)
     rng = np.random.default_rng(seed)
     data = prepare_data(model, samples, patch_shape, validation_fraction, w0, sigma, match_polarity)
