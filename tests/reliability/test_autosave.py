@@ -98,10 +98,10 @@ def test_autosaver_writes_changed_layers_only(make_napari_viewer, isolated_home)
     saver = autosaver_for(viewer)
     assert autosaver_for(viewer) is saver and saver.timer.isActive()
     saver.watch(layer)
-    assert saver.save_changed() == 1
+    assert saver.save_changed() == 1 and saver.wait()
     assert saver.save_changed() == 0, "nothing changed: nothing written"
     layer.paint((30, 30), 9)  # napari's paint tool
-    assert saver.save_changed() == 1
+    assert saver.save_changed() == 1 and saver.wait()
     (snapshot,) = list_snapshots()
     data, _ = load_snapshot(snapshot.key)
     assert array_hash(data) == array_hash(layer.data)
@@ -110,22 +110,93 @@ def test_autosaver_writes_changed_layers_only(make_napari_viewer, isolated_home)
     assert saver.save_changed() == 0, "the setting turns autosave off"
 
 
-def test_a_full_disk_never_breaks_the_viewer(make_napari_viewer, isolated_home, monkeypatch, capsys):
+@pytest.fixture
+def warnings_shown():
+    """The texts of the napari warning notifications shown during the test."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    shown: list[str] = []
+
+    def collect(notification):
+        if notification.severity == NotificationSeverity.WARNING:
+            shown.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(collect)
+    yield shown
+    notification_manager.notification_ready.disconnect(collect)
+
+
+def test_a_save_compresses_and_writes_in_a_worker_thread(make_napari_viewer, isolated_home, monkeypatch, qtbot):
+    """The main thread only copies the labels; compressing and writing happen in a worker, one save per layer
+    at a time, and what is saved is the labels as they were when the save started."""
+    import threading
+    import time
+
+    from napari_unet.widgets._autosave import autosaver_for
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(_labels(1), name="corrected")
+    saver = autosaver_for(viewer)
+    saver.watch(layer)
+    real, busy, seen = autosave.np.savez_compressed, [], {"most": 0, "threads": set(), "labels": []}
+    release = threading.Event()
+
+    def slow(file, **arrays):
+        busy.append(1)
+        seen["most"] = max(seen["most"], len(busy))
+        seen["threads"].add(threading.get_ident())
+        seen["labels"].append(arrays["labels"].copy())
+        release.wait(10)
+        real(file, **arrays)
+        busy.pop()
+
+    monkeypatch.setattr(autosave.np, "savez_compressed", slow)
+    started = time.perf_counter()
+    assert saver.save_changed() == 1
+    assert time.perf_counter() - started < 0.5, "the main thread does not wait for the write"
+    assert list_snapshots() == []
+    layer.paint((30, 30), 9)  # the user paints on while the first save is being written
+    assert saver.save_changed() == 0, "no second save of a layer while its first one runs"
+    qtbot.wait(100)
+    release.set()
+    assert saver.wait()
+    assert seen["most"] == 1 and threading.get_ident() not in seen["threads"]
+    first, second = seen["labels"]  # the paint asked for a save, made once the first one was written
+    assert array_hash(first) == array_hash(_labels(1)), "the labels as they were when the save started"
+    (snapshot,) = list_snapshots()
+    saved, _ = load_snapshot(snapshot.key)
+    assert array_hash(second) == array_hash(saved) == array_hash(layer.data)
+    assert saver.save_changed() == 0 and leftovers(autosave_dir()) == []
+
+
+def test_a_full_disk_warns_once_and_keeps_the_previous_autosave(make_napari_viewer, isolated_home, monkeypatch,
+                                                                 warnings_shown):
     from napari_unet.widgets._autosave import autosaver_for
 
     viewer = make_napari_viewer()
     saver = autosaver_for(viewer)
-    saver.watch(viewer.add_labels(_labels(), name="corrected"))
+    layer = viewer.add_labels(_labels(1), name="corrected")
+    saver.watch(layer)
+    assert saver.save_changed() == 1 and saver.wait()
+    (previous,) = list_snapshots()
+    layer.paint((30, 30), 9)
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
         patch.setattr(autosave.np, "savez_compressed", disk_full)
-        assert saver.save_changed() == 0
-    assert "could not autosave 'corrected'" in capsys.readouterr().err
+        assert saver.save_changed() == 1 and saver.wait()
+        assert len(warnings_shown) == 1 and "corrected" in warnings_shown[0], warnings_shown
+        assert "No space left on device" in warnings_shown[0]
+        assert saver.save_changed() == 1 and saver.wait(), "still marked changed: tried again"
+        assert len(warnings_shown) == 1, "one warning while it keeps failing, not one every few minutes"
+    data, _ = load_snapshot(previous.key)
+    assert array_hash(data) == array_hash(_labels(1)), "the previous autosave is intact"
     assert leftovers(autosave_dir()) == []
-    assert saver.save_changed() == 1, "still marked changed: written next time"
+    assert saver.save_changed() == 1 and saver.wait()
+    data, _ = load_snapshot(previous.key)
+    assert array_hash(data) == array_hash(layer.data)
 
 
 def test_recover_widget_lists_and_restores_as_a_new_layer(make_napari_viewer, isolated_home):
@@ -156,7 +227,7 @@ def test_a_recovered_layer_lies_where_the_autosaved_one_lay(make_napari_viewer, 
     corrected = viewer.add_labels(_labels(5), name="corrected", scale=(0.5, 0.25), translate=(10, -3))
     saver = Autosaver(viewer)
     saver.watch(corrected)
-    assert saver.save_changed() == 1
+    assert saver.save_changed() == 1 and saver.wait()
     widget = RecoverWidget(viewer)
     (restored,) = widget.restore([widget.list.item(0)])
     assert tuple(restored.scale) == (0.5, 0.25) and tuple(restored.translate) == (10, -3)
