@@ -35,6 +35,7 @@ _PUBLIC = {
     "read_annotations": "napari_unet.core.versions",
     "VersionInfo": "napari_unet.core.versions",
     "UNetConfig": "napari_unet.core.unet",
+    "export_bioimageio": "napari_unet.bioimageio",
     "CancelToken": "napari_unet.core.cancel",
     "Cancelled": "napari_unet.core.errors",
     "InvalidInputError": "napari_unet.core.errors",
@@ -45,6 +46,7 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from napari_unet.bioimageio import export_bioimageio
     from napari_unet.core.cancel import CancelToken
     from napari_unet.core.errors import Cancelled, InvalidInputError, ModelExistsError, ModelFileError
     from napari_unet.core.inference import SegmentProgress, SegmentResult, segment

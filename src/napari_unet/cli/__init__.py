@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command: segment, finetune, models and demo.
+"""The ``napari-unet`` command: segment, finetune, models, export and demo.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``. Those modules
 import torch and napari only inside ``run``, so ``napari-unet --help`` answers at once.
@@ -11,7 +11,7 @@ from importlib import import_module
 
 from napari_unet import __version__
 
-SUBCOMMANDS = ("segment", "finetune", "models", "demo")
+SUBCOMMANDS = ("segment", "finetune", "models", "export", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

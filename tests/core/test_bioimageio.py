@@ -1,0 +1,180 @@
+"""bioimage.io export: the packages pass bioimageio.core's own test and describe the model faithfully.
+
+``test_model`` reruns the package's test input through the description (its preprocessing, then each weight
+format) and compares with the test output napari-unet wrote, and runs the network at several valid sizes and
+batch sizes: so a wrong percentile, a wrong size rule or a broken weight file fails here.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from napari_unet.bioimageio import ARCHITECTURE_FILE, export_bioimageio, test_package, training_data_citations
+from napari_unet.cli import main
+from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.models import Model, ModelConfig, load_model, save_model
+from napari_unet.core.normalization import Normalization
+from napari_unet.core.tiling import boundary_margin
+from napari_unet.core.unet import UNetConfig, output_size
+
+DSB = ('Caicedo et al., "Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl", '
+       "Nature Methods 16, 1247-1253 (2019)")
+
+
+def _tiny(**changes) -> Model:
+    network = UNetConfig(**{"depth": 2, "base_features": 4, "padding": "same", "upsampling": "bilinear",
+                            "norm": "batch", "out_channels": 3, **changes.pop("network", {})})
+    config = ModelConfig(network, name="tiny", description="A tiny U-Net for tests.", **changes)
+    model = Model.from_config(config, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    for module in model.network.modules():  # running statistics far from (0, 1): eval mode must matter
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model
+
+
+def _read(package: Path) -> tuple[dict, dict[str, bytes]]:
+    with zipfile.ZipFile(package) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    return yaml.safe_load(files["rdf.yaml"]), files
+
+
+def _assert_passes(package: Path) -> None:
+    gc.freeze()  # test_model collects garbage 8 times; over the test session's whole heap that takes seconds
+    try:
+        summary = test_package(package)
+    finally:
+        gc.unfreeze()
+    assert summary.status == "passed", summary.format()
+    tested = " ".join(detail.name for detail in summary.details)
+    assert "Reproduce test outputs from test inputs (pytorch_state_dict)" in tested
+    assert "Reproduce test outputs from test inputs (torchscript)" in tested
+
+
+@pytest.fixture(scope="module")
+def instance_package(tmp_path_factory, one_thread):
+    model = _tiny(history=[{"date": "2026-12-01", "parent": None, "steps": 12, "time_s": 3.0, "samples": 2,
+                            "metrics": {"val_dice": 0.5}}],
+                  card={"training data": "two images", "metrics": "F1 0.5 on nothing"},
+                  provenance={"real_data": {"name": "DSB", "citation": DSB}})
+    model.network.eval()
+    path = export_bioimageio(model, tmp_path_factory.mktemp("export") / "tiny.zip")
+    return model, path
+
+
+def test_instance_model_package_passes_bioimageio_test_model(instance_package):
+    model, path = instance_package
+    start = time.perf_counter()
+    _assert_passes(path)
+    print(f"test_model: {time.perf_counter() - start:.1f} s")
+
+
+def test_description_states_sizes_halo_normalisation_and_citations(instance_package):
+    model, path = instance_package
+    rdf, files = _read(path)
+    net = model.config.network
+    assert rdf["format_version"].startswith("0.5") and rdf["type"] == "model"
+    assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy", "weights.pt",
+            "weights_torchscript.pt", ARCHITECTURE_FILE} <= set(files)
+    (inp,), (out,) = rdf["inputs"], rdf["outputs"]
+    assert [a["type"] for a in inp["axes"]] == ["batch", "channel", "space", "space"]
+    assert [a.get("id") for a in inp["axes"][2:]] == ["y", "x"]
+    assert out["axes"][1]["channel_names"] == ["background", "interior", "boundary"]
+    size = inp["axes"][2]["size"]
+    halo = max(boundary_margin(net))
+    assert size["step"] == 2**net.depth and out["axes"][2]["halo"] == halo > 0
+    valid = [n for n in range(1, size["min"] + 10 * size["step"]) if output_size(net, n) is not None]
+    declared = [size["min"] + k * size["step"] for k in range(10)]
+    assert set(declared) <= set(valid), "every size the package declares is one the network takes"
+    assert size["min"] > 2 * halo and size["min"] - size["step"] <= 2 * halo, "the smallest size with output left"
+    assert out["axes"][2]["size"] == {"tensor_id": "input", "axis_id": "y", "offset": 0}
+    ops = [op["id"] for op in inp["preprocessing"]]
+    assert "scale_range" in ops and "scale_linear" not in ops
+    scale = next(op for op in inp["preprocessing"] if op["id"] == "scale_range")["kwargs"]
+    assert scale["min_percentile"] == 1.0 and scale["max_percentile"] == 99.8 and scale["axes"] == ["y", "x"]
+    dois = {c.get("doi") for c in rdf["cite"]}
+    assert {"10.1007/978-3-319-24574-4_28", "10.1038/s41592-019-0612-7"} <= dois
+    weights = rdf["weights"]["pytorch_state_dict"]
+    assert weights["architecture"]["kwargs"] == net.to_dict() and weights["architecture"]["sha256"]
+    readme = files["README.md"].decode()
+    for words in ("watershed", "eval mode", "two images", "| 2026-12-01 |", "Data Science Bowl", "## Validation"):
+        assert words in readme
+    test_output = np.load(__import__("io").BytesIO(files["test_output.npy"]))
+    np.testing.assert_allclose(test_output.sum(axis=1), 1.0, atol=1e-5)  # probabilities, not logits
+
+
+def test_architecture_file_needs_only_torch(instance_package, monkeypatch, tmp_path):
+    model, path = instance_package
+    _, files = _read(path)
+    source = tmp_path / ARCHITECTURE_FILE
+    source.write_bytes(files[ARCHITECTURE_FILE])
+    monkeypatch.setitem(sys.modules, "napari_unet", None)  # any import of napari_unet fails
+    spec = importlib.util.spec_from_file_location("standalone_unet", source)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "standalone_unet", module)
+    spec.loader.exec_module(module)
+    net = module.UNetProbabilities(**model.config.network.to_dict())
+    net.load_state_dict(model.network.state_dict(), strict=True)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        expected = torch.softmax(model.network.eval()(x), dim=1)
+        np.testing.assert_allclose(net.eval()(x).numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_inverted_semantic_valid_padding_model_passes(tmp_path, one_thread):
+    model = _tiny(network={"padding": "valid", "upsampling": "transposed", "norm": "none", "out_channels": 2},
+                  task="semantic", classes=("background", "cell"), normalization=Normalization(invert=True))
+    path = export_bioimageio(model, tmp_path / "inverted.zip")
+    rdf, _ = _read(path)
+    ops = rdf["inputs"][0]["preprocessing"]
+    assert {"id": "scale_linear", "kwargs": {"gain": -1.0, "offset": 1.0}} in ops, "1 - x after scale_range"
+    out_y = rdf["outputs"][0]["axes"][2]
+    size = rdf["inputs"][0]["axes"][2]["size"]
+    assert "halo" not in out_y, "a valid network crops its own border"
+    assert out_y["size"]["offset"] == output_size(model.config.network, size["min"]) - size["min"] < 0
+    _assert_passes(path)
+
+
+def test_bundled_nuclei_exports_and_passes(tmp_path, one_thread):
+    start = time.perf_counter()
+    path = export_bioimageio(load_model("nuclei"), tmp_path / "nuclei.zip")
+    _assert_passes(path)
+    print(f"nuclei export and test_model: {time.perf_counter() - start:.1f} s")
+
+
+def test_cli_export_writes_a_package_and_keeps_an_existing_file(tmp_path, one_thread, capsys):
+    folder = save_model(_tiny(), tmp_path / "tiny")
+    out = tmp_path / "tiny.zip"
+    assert main(["export", str(folder), str(out), "--author", "A. Person", "--license", "CC-BY-4.0"]) == 0
+    rdf, _ = _read(out)
+    assert rdf["authors"] == [{"name": "A. Person"}] and rdf["license"] == "CC-BY-4.0"
+    before = out.read_bytes()
+    assert main(["export", str(folder), str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_wrong_target_or_sample_is_a_clear_error(tmp_path):
+    model = _tiny()
+    with pytest.raises(InvalidInputError, match=r"\.zip"):
+        export_bioimageio(model, tmp_path / "model.tar")
+    with pytest.raises(InvalidInputError, match="spatial sizes"):
+        export_bioimageio(model, tmp_path / "model.zip", sample=np.zeros((50, 61), np.float32))
+    assert not (tmp_path / "model.zip").exists()
+
+
+def test_training_data_citations_found_in_card_and_provenance():
+    config = ModelConfig(UNetConfig(out_channels=3), card={"cite": "Data, https://example.org/data"},
+                         provenance={"parent": {"real_data": {"citation": "X et al. doi 10.1234/abc.5."}}})
+    entries = training_data_citations(config)
+    assert {"text": "Data, https://example.org/data", "url": "https://example.org/data"} in entries
+    assert any(e.get("doi") == "10.1234/abc.5" for e in entries)
