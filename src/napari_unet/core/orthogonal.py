@@ -54,8 +54,9 @@ PASSES = (("YX", (0, 1, 2)), ("ZX", (1, 0, 2)), ("ZY", (2, 0, 1)))
 """Each pass: the planes the network sees, and the order of the volume's (Z, Y, X) axes handed to the engine,
 whose first axis it iterates and whose last two form the planes."""
 
-#: bytes per voxel of the 3D watershed's working arrays (classes, seeds, elevation, mask, result, queue)
-WATERSHED_BYTES = 28
+#: bytes per voxel of the 3D watershed's working arrays (seeds, elevation, result, queue; measured: the route
+#: peaks at 63 bytes per voxel of a uint8 stack, bench/stack3d.py)
+WATERSHED_BYTES = 32
 
 
 @dataclasses.dataclass(frozen=True)
