@@ -1,4 +1,5 @@
-"""Export a model as a bioimage.io package (model description format 0.5) that other tools run.
+"""Export a model as a bioimage.io package (model description format 0.5) that other tools run, and load such
+a package back.
 
 A package is a zip with ``rdf.yaml`` (the description), the weights in two formats, a standalone architecture
 file, a test input and the model's own output for it, a cover picture and a README with the model card. Tools
@@ -28,8 +29,12 @@ What the description says and why:
   must run in eval mode (running statistics), which every consumer does for inference. No ONNX: it is only
   offered where it passes the same test, and ONNX tooling is not a dependency of this package.
 
-``bioimageio.spec`` and ``bioimageio.core`` are imported only here and only when a function runs: they are the
-optional extra ``napari-unet[bioimageio]``.
+The package also carries the model's own ``config.json`` and ``weights.safetensors`` (as attachments), which
+is what :func:`load_bioimageio` reads back: ``load_model("model.zip")`` gives the same model, with no
+unpickling and no code from the package run. Packages from other sources are refused with a clear message.
+
+``bioimageio.spec`` and ``bioimageio.core`` are imported only here and only when an export runs: they are the
+optional extra ``napari-unet[bioimageio]``. Loading needs neither.
 """
 from __future__ import annotations
 
@@ -38,7 +43,9 @@ import datetime as _dt
 import hashlib
 import os
 import re
+import shutil
 import tempfile
+import zipfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet import __version__
-from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.errors import InvalidInputError, ModelFileError
+from napari_unet.core.library import CONFIG_FILE, WEIGHTS_FILE
 
 UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. "
@@ -152,6 +160,69 @@ def test_package(path: str | os.PathLike) -> Any:
 test_package.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
+def is_package(name_or_path: Any) -> bool:
+    """Whether ``load_model`` should read ``name_or_path`` as a bioimage.io package: an existing ``.zip`` file."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return False
+    path = Path(os.fspath(name_or_path)).expanduser()
+    return path.suffix.lower() == ".zip" and path.is_file()
+
+
+#: the largest weights file a package may hold (the bundled model's is 4 MB)
+MAX_WEIGHTS_BYTES = 4 * 2**30
+
+
+def load_bioimageio(path: str | os.PathLike, device: Any = "cpu") -> Any:
+    """Load a bioimage.io package that napari-unet exported (``load_model("model.zip")`` calls this).
+
+    Such a package carries the model's own ``config.json`` and ``weights.safetensors`` beside the formats
+    other tools use; they are read with every check :func:`~napari_unet.load_model` makes, so nothing is
+    unpickled and no code from the package runs. Other packages are refused with a message: their weights are
+    PyTorch pickles or TorchScript programs, and their networks are not napari-unet's U-Net. Needs no
+    bioimage.io library. The model is named after the file and is not in the library until saved.
+    """
+    from napari_unet.core.library import check_name
+    from napari_unet.core.models import load_model
+
+    path = Path(os.fspath(path)).expanduser()
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path} is not a readable zip file ({exc}); the package is damaged or incomplete") from None
+    with archive, tempfile.TemporaryDirectory(prefix="napari-unet-package-") as tmp:
+        entries = {info.filename: info for info in archive.infolist()}
+        if "rdf.yaml" not in entries and "bioimageio.yaml" not in entries:
+            raise ModelFileError(f"{path} is a zip file without rdf.yaml: not a bioimage.io model package")
+        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if name not in entries]
+        if missing:
+            raise ModelFileError(
+                f"{path} is a bioimage.io package that napari-unet did not export (it has no {' or '.join(missing)}). "
+                "napari-unet loads only its own packages: other packages' weights are PyTorch pickles or "
+                "TorchScript programs, which napari-unet never runs from a file, for a network that is not its "
+                "U-Net. Run such a package with bioimageio.core, or fine-tune a napari-unet model instead")
+        limits = {CONFIG_FILE: 16 * 2**20, WEIGHTS_FILE: MAX_WEIGHTS_BYTES}
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        for name, limit in limits.items():
+            if entries[name].file_size > limit:
+                raise ModelFileError(f"{path}: {name} unpacks to {entries[name].file_size} bytes, more than a "
+                                     "model file can be; the package is damaged")
+            try:
+                (folder / name).write_bytes(archive.read(entries[name]))
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:  # CRC mismatch, truncated member
+                raise ModelFileError(f"{path}: {name} cannot be read ({exc}); the package is damaged") from None
+        try:
+            model = load_model(folder, device)
+        except ModelFileError as exc:
+            raise ModelFileError(str(exc).replace(str(folder), f"{path} (inside)")) from None
+    try:
+        model.config.name = check_name(path.stem)
+    except ModelFileError:
+        model.config.name = "imported"
+    model.path = None
+    return model
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The files of the package
 # --------------------------------------------------------------------------------------------------------------
@@ -200,6 +271,7 @@ def _write_package_files(model: Any, folder: Path, sample: np.ndarray | None, au
     tifffile.imwrite(folder / "sample_output.tif", y, photometric="minisblack")
 
     torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, folder / "weights.pt")
+    _write_native_files(model, folder)
     (folder / ARCHITECTURE_FILE).write_text(architecture_source(), encoding="utf-8")
     _trace(net, x, smallest, step, folder / "weights_torchscript.pt")
     _cover(x, y, config, folder / "cover.png")
@@ -272,7 +344,8 @@ def _write_package_files(model: Any, folder: Path, sample: np.ndarray | None, au
                 "pytorch_version": torch_version, "parent": "pytorch_state_dict",
             },
         },
-        "config": {"napari_unet": {"version": __version__, "model": config.to_dict()}},
+        "attachments": [{"source": name, "sha256": _sha256(folder / name)} for name in (CONFIG_FILE, WEIGHTS_FILE)],
+        "config": {"napari_unet": {"version": __version__, "config": CONFIG_FILE, "weights": WEIGHTS_FILE}},
     }
     return rdf
 
@@ -342,6 +415,17 @@ def _known_doi(text: str) -> Any:
         if words.lower() in text.lower():
             return re.search(".+", doi)
     return None
+
+
+def _write_native_files(model: Any, folder: Path) -> None:
+    """The model's own ``config.json`` and ``weights.safetensors``, so that napari-unet loads the package back
+    exactly and without unpickling. Annotations a fine-tuned model keeps are not exported."""
+    from napari_unet.core.models import Model, save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = save_model(Model(model.network, copy.deepcopy(model.config)), Path(tmp) / (model.name or "model"))
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copyfile(plain / name, folder / name)
 
 
 def _sha256(path: Path) -> str:

@@ -20,7 +20,7 @@ import yaml
 
 from napari_unet.bioimageio import ARCHITECTURE_FILE, export_bioimageio, test_package, training_data_citations
 from napari_unet.cli import main
-from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.errors import InvalidInputError, ModelFileError
 from napari_unet.core.models import Model, ModelConfig, load_model, save_model
 from napari_unet.core.normalization import Normalization
 from napari_unet.core.tiling import boundary_margin
@@ -85,7 +85,7 @@ def test_description_states_sizes_halo_normalisation_and_citations(instance_pack
     net = model.config.network
     assert rdf["format_version"].startswith("0.5") and rdf["type"] == "model"
     assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy", "weights.pt",
-            "weights_torchscript.pt", ARCHITECTURE_FILE} <= set(files)
+            "weights_torchscript.pt", ARCHITECTURE_FILE, "config.json", "weights.safetensors"} <= set(files)
     (inp,), (out,) = rdf["inputs"], rdf["outputs"]
     assert [a["type"] for a in inp["axes"]] == ["batch", "channel", "space", "space"]
     assert [a.get("id") for a in inp["axes"][2:]] == ["y", "x"]
@@ -178,3 +178,45 @@ def test_training_data_citations_found_in_card_and_provenance():
     entries = training_data_citations(config)
     assert {"text": "Data, https://example.org/data", "url": "https://example.org/data"} in entries
     assert any(e.get("doi") == "10.1234/abc.5" for e in entries)
+
+
+def test_a_package_loads_back_as_the_same_model(instance_package, one_thread):
+    from napari_unet import segment
+
+    model, path = instance_package
+    loaded = load_model(path)
+    assert loaded.name == "tiny" and loaded.path is None
+    for field in ("network", "task", "classes", "normalization", "history", "card", "object_filter"):
+        assert getattr(loaded.config, field) == getattr(model.config, field), field
+    original = model.network.state_dict()
+    for name, tensor in loaded.network.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    image = np.random.default_rng(0).random((96, 80), dtype=np.float32)
+    a = segment(image, model, device="cpu", precision="float32")
+    b = segment(image, loaded, device="cpu", precision="float32")
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
+def _rezip(source: Path, target: Path, drop=(), replace=None) -> Path:
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            if name not in drop:
+                new.writestr(name, (replace or {}).get(name, old.read(name)))
+    return target
+
+
+def test_foreign_damaged_and_non_packages_are_refused_clearly(instance_package, tmp_path):
+    _, path = instance_package
+    foreign = _rezip(path, tmp_path / "foreign.zip", drop=("config.json", "weights.safetensors"))
+    with pytest.raises(ModelFileError, match="did not export.*never runs"):
+        load_model(foreign)
+    weights = _read(path)[1]["weights.safetensors"]
+    damaged = _rezip(path, tmp_path / "damaged.zip", replace={"weights.safetensors": weights[: len(weights) // 2]})
+    with pytest.raises(ModelFileError, match="damaged.zip.*truncated"):
+        load_model(damaged)
+    no_rdf = _rezip(path, tmp_path / "plain.zip", drop=("rdf.yaml",))
+    with pytest.raises(ModelFileError, match="without rdf.yaml"):
+        load_model(no_rdf)
+    (tmp_path / "text.zip").write_text("not a zip")
+    with pytest.raises(ModelFileError, match="not a readable zip"):
+        load_model(tmp_path / "text.zip")

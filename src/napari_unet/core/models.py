@@ -201,7 +201,12 @@ class Model:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
-    """Load a bundled model by name, a model of the user's library by name, or a model folder by path."""
+    """Load a bundled model by name, a model of the user's library by name, a model folder by path, or a
+    bioimage.io package (a ``.zip``) that napari-unet exported."""
+    from napari_unet.bioimageio import is_package, load_bioimageio
+
+    if is_package(name_or_path):
+        return load_bioimageio(name_or_path, device)
     folder = resolve_model_folder(name_or_path)
     config_path = folder / CONFIG_FILE
     try:
