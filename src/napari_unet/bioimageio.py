@@ -393,6 +393,9 @@ def training_data_citations(config: Any) -> list[dict[str, str]]:
 
     walk(config.card)
     walk(config.provenance)
+    for ancestor in _ancestors(config.provenance):  # a fine-tuned model learned from its parents' data too
+        walk(ancestor.get("card"))
+        walk(ancestor.get("provenance"))
     entries = []
     for text in dict.fromkeys(found):
         doi = re.search(r"10\.\d{4,9}/[^\s,;]+[^\s,;.)]", text) or _known_doi(text)
@@ -404,6 +407,26 @@ def training_data_citations(config: Any) -> list[dict[str, str]]:
         else:
             entries.append({"text": text})
     return entries
+
+
+def _ancestors(provenance: dict[str, Any], limit: int = 20) -> list[dict[str, Any]]:
+    """The configs of the models a model was fine-tuned from, nearest first, as far as they can be found."""
+    from napari_unet.core.library import read_config_json, resolve_model_folder
+
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while len(found) < limit and isinstance(provenance, dict):
+        parent = provenance.get("parent_path") or provenance.get("parent")
+        if not isinstance(parent, str) or parent in seen:
+            break
+        seen.add(parent)
+        try:
+            data = read_config_json(resolve_model_folder(parent) / CONFIG_FILE)
+        except (ValueError, OSError):
+            break
+        found.append(data)
+        provenance = data.get("provenance") or {}
+    return found
 
 
 #: DOIs of data sets whose citations napari-unet's own scripts record without one
@@ -567,8 +590,8 @@ def _readme(model: Any, citations: list[dict[str, str]], smallest: int, step: in
                   "tiles edge to edge and mirror the image at its border.", ""]
     lines += ["## Preprocessing", ""]
     if norm.method == "percentile":
-        lines.append(f"Per channel, the {norm.low:g}th percentile of the whole image becomes 0 and the "
-                     f"{norm.high:g}th becomes 1 (`scale_range`). Compute the percentiles once per image, not per "
+        lines.append(f"Per channel, percentile {norm.low:g} of the whole image becomes 0 and percentile "
+                     f"{norm.high:g} becomes 1 (`scale_range`). Compute the percentiles once per image, not per "
                      "tile, so that tiles agree.")
     else:
         lines.append("None: the network takes the raw intensities as float32.")

@@ -172,12 +172,16 @@ def test_wrong_target_or_sample_is_a_clear_error(tmp_path):
     assert not (tmp_path / "model.zip").exists()
 
 
-def test_training_data_citations_found_in_card_and_provenance():
+def test_training_data_citations_found_in_card_provenance_and_parents(tmp_path):
+    parent = ModelConfig(UNetConfig(out_channels=3), provenance={"real_data": {"citation": DSB}})
+    folder = save_model(Model.from_config(parent), tmp_path / "parent")
     config = ModelConfig(UNetConfig(out_channels=3), card={"cite": "Data, https://example.org/data"},
-                         provenance={"parent": {"real_data": {"citation": "X et al. doi 10.1234/abc.5."}}})
+                         provenance={"run": {"data": {"citation": "X et al. doi 10.1234/abc.5."}},
+                                     "parent": "parent", "parent_path": str(folder)})
     entries = training_data_citations(config)
     assert {"text": "Data, https://example.org/data", "url": "https://example.org/data"} in entries
     assert any(e.get("doi") == "10.1234/abc.5" for e in entries)
+    assert {"text": DSB, "doi": "10.1038/s41592-019-0612-7"} in entries, "the parent's training data counts too"
 
 
 def test_a_package_loads_back_as_the_same_model(instance_package, one_thread):
