@@ -94,7 +94,7 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
     has_depth = "Z" in letters and shape[letters.index("Z")] > 1
     if dims == 3:
         note = None
-        if "Z" in sizes and not math.isclose(sizes["Z"], _lateral(sizes, strict=False), rel_tol=0.01):
+        if "Z" in sizes and not math.isclose(sizes["Z"], _lateral(sizes), rel_tol=0.01):
             note = (f"the voxel size {tuple(sizes.values())} was not used: a 3D model takes the voxels as they "
                     "are, so give it stacks sampled like the ones it was trained on")
         return None, note
@@ -108,12 +108,15 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
                                 "Z (e.g. 'ZYX'), or leave stack at its default")
     if not has_depth:
         return None, None  # a single plane: its YX pass is the whole story
-    factor = sizes["Z"] / _lateral(sizes, strict=True) if sizes else 1.0
     grey, grey_axes, grey_note = grey_for_model(checked, axes, dims, channels, stacklevel=7)
     letters = resolve_axes(grey_axes, grey.shape, spatial_dims=dims, in_channels=channels)
-    notes = (grey_note,) if grey_note else ()
+    notes = [grey_note] if grey_note else []
+    factor = sizes["Z"] / _lateral(sizes) if sizes else 1.0
+    if sizes and not math.isclose(sizes["Y"], sizes["X"], rel_tol=0.01):
+        notes.append(f"the pixels are not square (Y {sizes['Y']:g}, X {sizes['X']:g}): Z was resampled to their "
+                     f"geometric mean, {_lateral(sizes):.3g}, and the model saw the planes as they are")
     image_axes = letters + "C" if grey_note else letters
-    return StackPlan(grey, letters, image_axes, notes, factor), None
+    return StackPlan(grey, letters, image_axes, tuple(notes), factor), None
 
 
 def _check_scale(scale: Sequence[float] | None, axes: str) -> dict[str, float]:
@@ -131,13 +134,9 @@ def _check_scale(scale: Sequence[float] | None, axes: str) -> dict[str, float]:
     return dict(zip(spatial, values))
 
 
-def _lateral(sizes: dict[str, float], strict: bool) -> float:
-    """The lateral pixel size; with ``strict`` Y and X must agree (the 2D network needs square pixels)."""
-    y, x = sizes["Y"], sizes["X"]
-    if strict and not math.isclose(y, x, rel_tol=0.01):
-        raise InvalidInputError(f"the pixels are not square (Y {y}, X {x}): the 2D model needs square pixels for 3D "
-                                "objects; resample the image so that Y and X match, or pass stack='planes'")
-    return math.sqrt(y * x)
+def _lateral(sizes: dict[str, float]) -> float:
+    """The lateral pixel size: the geometric mean of Y and X (the same where the pixels are square)."""
+    return math.sqrt(sizes["Y"] * sizes["X"])
 
 
 def resampled_depth(depth: int, factor: float) -> int:
