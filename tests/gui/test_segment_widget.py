@@ -366,3 +366,12 @@ def test_a_diameter_resamples_to_the_model_object_size(viewer, segment_widget, n
     expected = segment(image, load_model("sized"), axes="YX", diameter=20.0, probabilities=False).labels
     np.testing.assert_array_equal(output.data, expected)
     assert "resampled by 0.50" in segment_widget.status.text()
+
+
+def test_a_stack_layers_scale_sets_the_z_step_of_its_3d_objects(qtbot, viewer, segment_widget, nuclei, run_segment):
+    stack = np.stack([np.roll(nuclei[0][:64, :64], 3 * i, axis=1) for i in range(4)])
+    viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))  # Z steps four pixels apart
+    assert run_segment(segment_widget) == "done"
+    expected = segment(stack, load_model("tiny"), axes="ZYX", scale=(2.0, 0.5, 0.5), probabilities=False).labels
+    np.testing.assert_array_equal(viewer.layers["stack labels"].data, expected)
+    assert "Z resampled from 4 to 13 planes" in segment_widget.status.text()

@@ -294,6 +294,7 @@ class SegmentWidget(QWidget):
             "precision": self.precision_picker.currentText(),
             "probabilities": run.probabilities,
             "diameter": self.diameter_spin.value() or None,
+            "scale": _spatial_scale(layer, axes, scope.axes),
         }
         steps = lambda: segment_in_worker(crop, model_path, token, options)  # noqa: E731
         if lazy:
@@ -535,6 +536,12 @@ def _model_classes(folder: Path) -> int:
         return int((read_config_json(folder / "config.json").get("network") or {}).get("out_channels", 3))
     except (ValueError, TypeError):
         return 3
+
+
+def _spatial_scale(layer: Any, axes: str, run_axes: str) -> tuple[float, ...]:
+    """The layer's pixel size along the spatial axes of the run (an RGB layer's scale has no colour entry)."""
+    sizes = dict(zip(axes.replace("C", "") if getattr(layer, "rgb", False) else axes, layer.scale))
+    return tuple(float(sizes[a]) for a in run_axes if a in "ZYX")
 
 
 def _data(layer: Any) -> Any:
