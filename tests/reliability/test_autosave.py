@@ -169,6 +169,52 @@ def test_a_save_compresses_and_writes_in_a_worker_thread(make_napari_viewer, iso
     assert saver.save_changed() == 0 and leftovers(autosave_dir()) == []
 
 
+def test_a_save_during_a_run_leaves_the_runs_warnings_to_it(make_napari_viewer, isolated_home, monkeypatch, qtbot,
+                                                            warnings_shown):
+    """napari's workers replace the process-wide warnings hook while they run; an autosave ending while a
+    Fine-tune worker runs must not take that worker's hook away (its warnings would then go unseen)."""
+    import threading
+    import warnings
+
+    from qtpy.QtCore import QObject
+
+    from napari_unet.core.cancel import CancelToken
+    from napari_unet.widgets._autosave import autosaver_for
+    from napari_unet.widgets._workers import Outcome, start_worker
+
+    viewer = make_napari_viewer()
+    saver = autosaver_for(viewer)
+    saver.watch(viewer.add_labels(_labels(), name="corrected"))
+    real, writing, release, saved = autosave.np.savez_compressed, threading.Event(), threading.Event(), \
+        threading.Event()
+
+    def slow(file, **arrays):
+        writing.set()
+        release.wait(10)
+        real(file, **arrays)
+
+    monkeypatch.setattr(autosave.np, "savez_compressed", slow)
+    assert saver.save_changed() == 1
+    assert writing.wait(10)
+
+    def steps():
+        saved.wait(10)  # the autosave ended while this run went on
+        warnings.warn("the batch had odd values", UserWarning, stacklevel=1)
+        yield "step"
+
+    outcomes, owner = [], QObject()
+    start_worker(steps, lambda event: outcomes.append(event) if isinstance(event, Outcome) else None, owner,
+                 CancelToken(), "Fine-tune")
+    qtbot.wait(200)  # the run has started
+    release.set()
+    assert saver.wait()
+    saved.set()
+    qtbot.waitUntil(lambda: bool(outcomes), timeout=10_000)
+    qtbot.wait(100)
+    assert outcomes[0].status == "done"
+    assert warnings_shown == ["Fine-tune: the batch had odd values"]
+
+
 def test_a_full_disk_warns_once_and_keeps_the_previous_autosave(make_napari_viewer, isolated_home, monkeypatch,
                                                                  warnings_shown):
     from napari_unet.widgets._autosave import autosaver_for

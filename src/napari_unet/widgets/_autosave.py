@@ -6,19 +6,26 @@ napari says it changed (its ``paint`` or ``data`` events), so an idle session wr
 
 A save copies the layer's array on the main thread, where the user paints, so the snapshot is the labels as
 they were at one moment; compressing, writing and flushing the copy (:mod:`napari_unet.core.autosave`,
-atomically) happen in a napari worker on the autosaver's own thread. A layer has at most one save running: a
-save asked for meanwhile starts when it ends. A failed save is shown as a napari warning (once, until a save of that layer
-succeeds again), keeps the previous snapshot, and the layer is tried again at the next save.
+atomically) happen on the autosaver's own thread, one save at a time, and the outcome comes back to the main
+thread through a Qt signal. A layer has at most one save running: a save asked for meanwhile starts when it
+ends. A failed save is shown as a napari warning (once, until a save of that layer succeeds again), keeps the
+previous snapshot, and the layer is tried again at the next save.
+
+The thread is a plain one, not a napari worker: napari's workers replace the process-wide warnings hook while
+they run and put the old one back when they end, so a save that ended while a Segment or Fine-tune worker ran
+took that run's hook away, and its warnings never reached the user. Nor does a save wait behind those runs in
+napari's shared thread pool (as many threads as cores).
 """
 from __future__ import annotations
 
 import sys
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QCoreApplication, QObject, QThreadPool, QTimer
+from qtpy.QtCore import QCoreApplication, QObject, QTimer, Signal
 
 INTERVAL_MS = 3 * 60 * 1000
 
@@ -28,6 +35,8 @@ _SAVERS: weakref.WeakValueDictionary[int, Autosaver] = weakref.WeakValueDictiona
 class Autosaver(QObject):
     """Snapshots of watched Labels layers whenever they changed, every ``interval_ms`` and on request."""
 
+    _written = Signal(object)  # (layer reference, layer name, error or None), from the saving thread
+
     def __init__(self, viewer: Any, interval_ms: int = INTERVAL_MS, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
@@ -36,11 +45,9 @@ class Autosaver(QObject):
         self._saving: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # a save is running
         self._again: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # asked for meanwhile
         self._warned: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # failing, said so
-        self._workers: set[Any] = set()  # saves running (napari workers), kept referenced until they end
-        # one thread of its own: saves never wait behind a long Segment or Fine-tune run in napari's shared
-        # pool (as many threads as cores), are written one at a time, and a closing window waits for the last
-        self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(1)
+        self._pending = 0  # saves started whose outcome has not arrived yet
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-autosave")
+        self._written.connect(self._saved)  # queued: emitted by the saving thread, run on the main thread
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.save_changed)
@@ -94,35 +101,31 @@ class Autosaver(QObject):
     @property
     def busy(self) -> bool:
         """Whether a save is being written."""
-        return bool(self._workers)
+        return self._pending > 0
 
     def wait(self, timeout_s: float = 30.0) -> bool:
         """Wait for the saves being written (and those they lead to) to end, handling Qt events meanwhile so
         that their results arrive; True if none is left. For tests and for a clean exit."""
         deadline = time.monotonic() + timeout_s
-        while self._workers and time.monotonic() < deadline:
+        while self._pending and time.monotonic() < deadline:
             QCoreApplication.processEvents()
             time.sleep(0.005)
-        return not self._workers
+        return not self._pending
 
     def _start(self, layer: Any, key: str) -> None:
-        """Copy ``layer``'s labels now and write them in a worker thread."""
-        from napari.qt.threading import create_worker
-
+        """Copy ``layer``'s labels now and write them on the saving thread."""
         snapshot = np.array(layer.data, copy=True)  # the labels at this moment; painting goes on meanwhile
-        scale, translate = tuple(layer.scale), tuple(layer.translate)
+        args = (key, snapshot, layer.name, _source(layer), tuple(layer.scale), tuple(layer.translate))
         self._dirty[layer] = False
         self._saving[layer] = True
-        worker = create_worker(_write, key, snapshot, layer.name, _source(layer), scale, translate,
-                               _start_thread=False)
-        self._workers.add(worker)
-        layer_ref, owner, name = weakref.ref(layer), weakref.ref(self), layer.name
-        worker.returned.connect(lambda error: _deliver(owner, worker, layer_ref, name, error))
-        self._pool.start(worker)
+        self._pending += 1
+        self._thread.submit(_write, self._written, weakref.ref(layer), *args)
 
-    def _saved(self, worker: Any, layer: Any, name: str, error: BaseException | None) -> None:
+    def _saved(self, outcome: tuple[Any, str, BaseException | None]) -> None:
         """A save ended (main thread): warn about a failure, or start the save asked for meanwhile."""
-        self._workers.discard(worker)
+        layer_ref, name, error = outcome
+        self._pending = max(0, self._pending - 1)
+        layer = layer_ref()
         if layer is None:
             return  # the layer is gone
         self._saving.pop(layer, None)
@@ -143,32 +146,27 @@ class Autosaver(QObject):
             self.save_changed()
 
     def save_layers(self, layers: list[Any]) -> int:
-        """Watch ``layers`` and save everything that changed now (what starting fine-tuning does)."""
+        """Watch ``layers`` and start saving everything that changed (what starting fine-tuning does)."""
         for layer in layers:
             if layer is not None:
                 self.watch(layer)
         return self.save_changed()
 
 
-def _write(key: str, data: np.ndarray, name: str, source: str | None, scale: tuple, translate: tuple
-           ) -> tuple[BaseException] | None:
-    """Compress and write one snapshot (in a worker thread); returns the error (in a tuple: a worker that
-    returns an exception raises it) instead of raising it."""
+def _write(done: Any, layer_ref: Any, key: str, data: np.ndarray, name: str, source: str | None, scale: tuple,
+           translate: tuple) -> None:
+    """Compress and write one snapshot (on the saving thread), then report to the main thread; never raises."""
     from napari_unet.core.autosave import save_snapshot
 
+    error = None
     try:
         save_snapshot(key, data, name, source, scale, translate)
     except Exception as exc:  # noqa: BLE001 - any failure is shown to the user on the main thread
-        return (exc,)
-    return None
-
-
-def _deliver(owner: Any, worker: Any, layer_ref: Any, name: str, failed: tuple[BaseException] | None) -> None:
-    from qtpy.compat import isalive
-
-    saver = owner()
-    if saver is not None and isalive(saver):
-        saver._saved(worker, layer_ref(), name, failed[0] if failed else None)
+        error = exc
+    try:
+        done.emit((layer_ref, name, error))
+    except RuntimeError:
+        pass  # the viewer's window, and its autosaver, were closed meanwhile
 
 
 def autosaver_for(viewer: Any) -> Autosaver:
