@@ -19,10 +19,12 @@ The network was trained on planes with square pixels. A ZX plane of a stack whos
 pixels shows every nucleus squashed by that ratio, so with ``scale=(z, y, x)`` the *image* is resampled in Z to
 the lateral pixel size first (linear interpolation along Z, ``scipy.ndimage.zoom`` with order 1) and the labels
 are brought back to the stack's own planes afterwards (nearest plane). Resampling the probability maps instead
-would not help: the network would already have looked at squashed nuclei. The returned probabilities are
-taken at the same nearest planes, so that they agree with the labels voxel by voxel.
+would not help: the network would already have looked at squashed nuclei. The ZX and ZY passes see the
+resampled stack slightly blurred along Y and X (:func:`lateral_blur`), so that its interpolated planes do not
+show streaks. The returned probabilities are taken at the same nearest planes as the labels, so that the two
+agree voxel by voxel.
 
-Memory: the route holds each volume's image, two float32 probability maps (the running sum and the current
+Memory: the route holds each volume's image (resampled: twice, plain and blurred), two float32 probability maps (the running sum and the current
 pass), the two consensus masks, a scratch label volume and the watershed's working arrays, about 60 bytes per
 (resampled) voxel. A stack
 whose volume needs more than a quarter of the machine's memory is refused with a message that suggests
@@ -139,6 +141,19 @@ def _lateral(sizes: dict[str, float]) -> float:
     return math.sqrt(sizes["Y"] * sizes["X"])
 
 
+def lateral_blur(step: float) -> float:
+    """Gaussian sigma (pixels) along Y and X that the ZX and ZY passes of a stack upsampled ``step`` times in Z see.
+
+    Linear interpolation makes the noise of the new planes smooth over ``step`` pixels along Z, but it stays
+    rough along X (and Y): the ZX planes show vertical streaks that the 2D model takes for texture or nuclei. A
+    blur whose variance is that of a box of ``step`` pixels, less one pixel's, makes the noise alike in both
+    directions. On held-out generated stacks of the bundled model (``bench/stack3d.py``, two per setting) it
+    raised 3D object F1@0.5 at a Z step of 4 pixels from 0.28 / 0.30 to 0.81 / 0.83 on separate nuclei and from
+    0.21 to 0.21 / 0.23 on crowded ones, at a Z step of 2 from 0.39 to 0.46 on crowded ones.
+    """
+    return math.sqrt(max(step * step - 1.0, 0.0) / 12.0)
+
+
 def resampled_depth(depth: int, factor: float) -> int:
     """Planes of a stack of ``depth`` planes resampled to Z steps ``factor`` times finer (first and last kept)."""
     if depth <= 1:
@@ -155,7 +170,7 @@ def nearest_planes(depth: int, resampled: int) -> np.ndarray:
 
 def memory_needed(voxels: int, resampled_voxels: int, channels: int, itemsize: int, classes: int) -> int:
     """Bytes one volume of the 3D route holds at its peak (see the module's docstring)."""
-    image = voxels * channels * itemsize + (resampled_voxels * channels * 4 if resampled_voxels != voxels else 0)
+    image = voxels * channels * itemsize + (2 * resampled_voxels * channels * 4 if resampled_voxels != voxels else 0)
     return image + resampled_voxels * (2 * classes * 4 + 2 + 4 + WATERSHED_BYTES)
 
 
@@ -289,9 +304,14 @@ class _StackRun:
         raise_if_cancelled(self.cancel)
         t0 = time.perf_counter()
         volume = np.asarray(self.layout.plane_view(self.plan.image, where)[:])  # (C, Z, Y, X)
+        across = volume  # what the ZX and ZY passes see
         if self.resampled != self.depth:
             volume = ndimage.zoom(volume.astype(np.float32), (1, self.resampled / self.depth, 1, 1), order=1,
                                   mode="nearest", prefilter=False)
+            across = volume
+            step = (self.resampled - 1) / max(self.depth - 1, 1)
+            if step > 1:
+                across = ndimage.gaussian_filter(volume, (0, 0, *(lateral_blur(step),) * 2))
         self.timings["read"] += time.perf_counter() - t0
         shape = volume.shape[1:]
         summed = np.zeros((self.classes, *shape), np.float32)
@@ -304,7 +324,8 @@ class _StackRun:
             channel_order = (0,) + tuple(1 + a for a in order)
             target = summed if k == 0 else current
             runs.append(inference._Run(
-                volume.transpose(channel_order), self.pass_model, "CZYX", progress=None, cancel=self.cancel,
+                (volume if k == 0 else across).transpose(channel_order), self.pass_model, "CZYX", progress=None,
+                cancel=self.cancel,
                 out=scratch.transpose(order), probabilities=target.transpose(channel_order), keep_partial=True,
                 **self.options))
         if self.options["batch_size"] is None:  # thin ZX and ZY planes: batch them up to one YX batch's pixels
