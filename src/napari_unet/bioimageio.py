@@ -152,9 +152,15 @@ def export_bioimageio(model: Any, path: str | os.PathLike, *, sample: np.ndarray
 def test_package(path: str | os.PathLike) -> Any:
     """Run ``bioimageio.core.test_model`` on a package; returns its validation summary (``.status``)."""
     _import_spec()
+    import gc
+
     from bioimageio.core import test_model
 
-    return test_model(str(path))
+    gc.freeze()  # test_model collects garbage after every model it loads; over a heap with torch that takes
+    try:         # most of its time, and the objects that exist before the test are not its garbage
+        return test_model(str(path))
+    finally:
+        gc.unfreeze()
 
 
 test_package.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
             sample = tifffile.imread(args.sample)
     try:
         from napari_unet.bioimageio import export_bioimageio
+        from napari_unet.core.devices import configure_cpu_threads
         from napari_unet.core.models import load_model
 
+        configure_cpu_threads(interactive=False)  # as segment and finetune do; NAPARI_UNET_THREADS overrides
         model = load_model(args.model)
         path = export_bioimageio(model, args.output, sample=sample, authors=args.author, license=args.license,
                                  check=args.check)
