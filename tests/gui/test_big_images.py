@@ -118,3 +118,27 @@ def test_removing_the_output_mid_run_deletes_its_store_once_the_run_ends(qtbot, 
         assert Path(folder).is_dir(), "kept while the worker may still write into it"
     assert blocker.args == ["cancelled"]
     assert _scratch_folders(isolated_home) == [], "both stores go once the worker stopped writing"
+
+
+def test_a_crop_view_indexes_its_part_of_the_full_array():
+    """What a cropped run writes through lands in its part of the output: a fixed Z, an offset in Y and X."""
+    from napari_unet.widgets._scratch import CropView
+
+    full = np.zeros((3, 20, 30), np.int32)
+    view = CropView(full, (slice(1, 2), slice(5, 15), slice(10, 30)), (True, False, False))
+    assert view.shape == (10, 20) and view.ndim == 2 and view.dtype == np.int32
+    view[2:4, -3:] = 7
+    view[0] = 1
+    view[..., 0] = 2
+    expected = np.zeros_like(full)
+    part = expected[1, 5:15, 10:30]
+    part[2:4, -3:] = 7
+    part[0] = 1
+    part[..., 0] = 2
+    np.testing.assert_array_equal(full, expected)
+    np.testing.assert_array_equal(view[:, :], part)
+    assert view[-1, -1] == part[-1, -1]
+    with pytest.raises(IndexError):
+        view[10, 0]
+    with pytest.raises(IndexError):
+        view[::2]
