@@ -27,8 +27,9 @@ agree voxel by voxel.
 Memory: the route holds each volume's image (resampled: twice, plain and blurred), two float32 probability maps (the running sum and the current
 pass), the two consensus masks, a scratch label volume and the watershed's working arrays, about 60 bytes per
 (resampled) voxel. A stack
-whose volume needs more than a quarter of the machine's memory is refused with a message that suggests
-``stack="planes"``; there is no out-of-core version of this route yet.
+whose volume needs more than a quarter of the machine's memory is segmented plane by plane instead, with a
+note in the result's messages (``stack="3d"`` refuses it, suggesting ``stack="planes"`` or a crop); there is no
+out-of-core version of this route yet.
 """
 from __future__ import annotations
 
@@ -110,15 +111,38 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
                                 "Z (e.g. 'ZYX'), or leave stack at its default")
     if not has_depth:
         return None, None  # a single plane: its YX pass is the whole story
+    factor = sizes["Z"] / _lateral(sizes) if sizes else 1.0
+    colour = len(letters) < len(checked.shape)
+    problem = _too_large(letters, shape, factor, 4 if colour else np.dtype(checked.dtype).itemsize,
+                         config.network.out_channels)
+    if problem and stack == "3d":
+        raise InvalidInputError(f"{problem}; pass stack='planes' to segment it plane by plane (2D objects, one set "
+                                "per plane), or crop the stack")
+    if problem:
+        return None, f"{problem}, so it was segmented plane by plane (2D objects); crop it for 3D objects"
     grey, grey_axes, grey_note = grey_for_model(checked, axes, dims, channels, stacklevel=7)
     letters = resolve_axes(grey_axes, grey.shape, spatial_dims=dims, in_channels=channels)
     notes = [grey_note] if grey_note else []
-    factor = sizes["Z"] / _lateral(sizes) if sizes else 1.0
     if sizes and not math.isclose(sizes["Y"], sizes["X"], rel_tol=0.01):
         notes.append(f"the pixels are not square (Y {sizes['Y']:g}, X {sizes['X']:g}): Z was resampled to their "
                      f"geometric mean, {_lateral(sizes):.3g}, and the model saw the planes as they are")
     image_axes = letters + "C" if grey_note else letters
     return StackPlan(grey, letters, image_axes, tuple(notes), factor), None
+
+
+def _too_large(letters: str, shape: Sequence[int], factor: float, itemsize: int, classes: int) -> str | None:
+    """Why one volume of this image does not fit the 3D route's memory budget (a quarter of the machine's), or
+    None where it does."""
+    size = dict(zip(letters, shape))
+    depth, plane = size["Z"], size["Y"] * size["X"]
+    resampled = resampled_depth(depth, factor)
+    need = memory_needed(depth * plane, resampled * plane, size.get("C", 1), itemsize, classes)
+    available = physical_memory()
+    if need <= available // 4:
+        return None
+    return (f"3D objects from a 2D model hold each volume in memory: about {need / 2**30:.1f} GiB for "
+            f"{resampled} x {size['Y']} x {size['X']} voxels, more than a quarter of this machine's "
+            f"{available / 2**30:.0f} GiB")
 
 
 def _check_scale(scale: Sequence[float] | None, axes: str) -> dict[str, float]:
@@ -246,7 +270,6 @@ class _StackRun:
         self.depth = self.layout.size("Z")
         self.resampled = resampled_depth(self.depth, plan.factor)
         self.classes = model.config.network.out_channels
-        self._check_memory()
         self.labels = inference._labels_array(out, self.layout)
         self.probs = inference._probabilities_array(probabilities, self.layout, self.classes)
         self.caller_arrays = [a for a, given in ((self.labels, out is not None),
@@ -273,19 +296,6 @@ class _StackRun:
         self.total = 0  # known once the first volume's passes are planned
         self.count = 0
         self.last: Any = None  # the engine run of the latest pass (device, tiles, batch for the result)
-
-    def _check_memory(self) -> None:
-        y, x = self.layout.size("Y"), self.layout.size("X")
-        itemsize = np.dtype(self.plan.image.dtype).itemsize
-        need = memory_needed(self.depth * y * x, self.resampled * y * x, self.layout.channels, itemsize,
-                             self.classes)
-        available = physical_memory()
-        if need > available // 4:
-            raise InvalidInputError(
-                f"3D objects from a 2D model hold each volume's probabilities in memory: about {need / 2**30:.1f} "
-                f"GiB for a volume of {self.resampled} x {y} x {x} voxels, more than a quarter of this machine's "
-                f"{available / 2**30:.0f} GiB; pass stack='planes' to segment it plane by plane (2D objects, one "
-                "set per plane), or crop the stack")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def steps(self) -> Generator[inference.SegmentProgress, None, inference.SegmentResult]:
