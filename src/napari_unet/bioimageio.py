@@ -120,6 +120,10 @@ def export_bioimageio(model: Any, path: str | os.PathLike, *, sample: np.ndarray
 
     if not isinstance(model, Model):
         model = load_model(model)
+    _check_license(license)
+    if authors is not None and (isinstance(authors, str) or not authors
+                                or not all(isinstance(a, str) and a.strip() for a in authors)):
+        raise InvalidInputError(f"authors must be a list of one or more names, not {authors!r}")
     path = Path(path)
     if path.suffix.lower() != ".zip":
         raise InvalidInputError(f"a bioimage.io package is a .zip file; got {path}")
@@ -232,6 +236,24 @@ def load_bioimageio(path: str | os.PathLike, device: Any = "cpu") -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # The files of the package
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _check_license(license: str) -> None:
+    """Refuse a licence that bioimage.io does not accept, naming the nearest SPDX ids."""
+    import difflib
+    from typing import get_args
+
+    try:
+        from bioimageio.spec._internal.license_id import LicenseIdLiteral
+    except ImportError:  # a future layout of the library: its own validation still catches it
+        return
+    known = get_args(LicenseIdLiteral)
+    if license not in known:
+        close = (sorted((k for k in known if k.lower().startswith(str(license).lower())), key=len)[:3]
+                 or difflib.get_close_matches(str(license), known, n=3, cutoff=0.6))
+        raise InvalidInputError(f"{license!r} is not an SPDX licence id that bioimage.io accepts"
+                                + (f"; did you mean {', '.join(close)}?" if close else "")
+                                + " Common choices: CC-BY-4.0, BSD-3-Clause, MIT")
 
 
 def _import_spec() -> Any:

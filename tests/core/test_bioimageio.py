@@ -165,6 +165,10 @@ def test_wrong_target_or_sample_is_a_clear_error(tmp_path):
         export_bioimageio(model, tmp_path / "model.tar")
     with pytest.raises(InvalidInputError, match="spatial sizes"):
         export_bioimageio(model, tmp_path / "model.zip", sample=np.zeros((50, 61), np.float32))
+    with pytest.raises(InvalidInputError, match="SPDX.*BSD-3-Clause"):
+        export_bioimageio(model, tmp_path / "model.zip", license="BSD-3")
+    with pytest.raises(InvalidInputError, match="authors"):
+        export_bioimageio(model, tmp_path / "model.zip", authors="A. Person")
     assert not (tmp_path / "model.zip").exists()
 
 
