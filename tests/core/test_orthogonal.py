@@ -140,7 +140,7 @@ def test_a_time_lapse_gives_3d_objects_per_time_point():
 
 
 def test_a_coarse_z_is_resampled_for_the_passes_and_the_labels_come_back_to_the_stack():
-    model = random_model(normalization=Normalization(method="none"), seed=4)
+    model = random_model(seed=4)
     stack = volume((5, 16, 16), seed=7)
     result = segment(stack, model, scale=(2.0, 0.5, 0.5), **FLOAT32)  # Z steps four times the pixel size
     assert result.labels.shape == result.probabilities.shape[1:] == stack.shape
@@ -148,10 +148,11 @@ def test_a_coarse_z_is_resampled_for_the_passes_and_the_labels_come_back_to_the_
     fine = ndimage.zoom(stack, (17 / 5, 1, 1), order=1, prefilter=False)
     np.testing.assert_allclose(fine[::4], stack, atol=1e-6)  # the stack's own planes are planes of the fine grid
     across = ndimage.gaussian_filter(fine, (0, orthogonal.lateral_blur(4.0), orthogonal.lateral_blur(4.0)))
-    stats = model.config.normalization.statistics(stack[None])
+    stats = model.config.normalization.statistics(stack[None])  # the stack's, for its resampled YX planes
+    own = model.config.normalization.statistics(across[None])  # the blurred volume's own, for ZX and ZY
     yx = probabilities_of_planes(model, fine, stats).transpose(1, 0, 2, 3)
-    zx = probabilities_of_planes(model, across.transpose(1, 0, 2), stats).transpose(1, 2, 0, 3)
-    zy = probabilities_of_planes(model, across.transpose(2, 0, 1), stats).transpose(1, 2, 3, 0)
+    zx = probabilities_of_planes(model, across.transpose(1, 0, 2), own).transpose(1, 2, 0, 3)
+    zy = probabilities_of_planes(model, across.transpose(2, 0, 1), own).transpose(1, 2, 3, 0)
     mean = (yx + zx + zy) / 3
     np.testing.assert_allclose(result.probabilities, mean[:, ::4], atol=1e-5)
     classes = [np.argmax(p, 0) for p in (yx, zx, zy)]

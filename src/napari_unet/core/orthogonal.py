@@ -21,7 +21,7 @@ the lateral pixel size first (linear interpolation along Z, ``scipy.ndimage.zoom
 are brought back to the stack's own planes afterwards (nearest plane). Resampling the probability maps instead
 would not help: the network would already have looked at squashed nuclei. The ZX and ZY passes see the
 resampled stack slightly blurred along Y and X (:func:`lateral_blur`), so that its interpolated planes do not
-show streaks. The returned probabilities are taken at the same nearest planes as the labels, so that the two
+show streaks, and normalised with that volume's own percentiles. The returned probabilities are taken at the same nearest planes as the labels, so that the two
 agree voxel by voxel.
 
 Memory: the route holds each volume's image (resampled: twice, plain and blurred), two float32 probability maps (the running sum and the current
@@ -171,9 +171,10 @@ def lateral_blur(step: float) -> float:
     Linear interpolation makes the noise of the new planes smooth over ``step`` pixels along Z, but it stays
     rough along X (and Y): the ZX planes show vertical streaks that the 2D model takes for texture or nuclei. A
     blur whose variance is that of a box of ``step`` pixels, less one pixel's, makes the noise alike in both
-    directions. On held-out generated stacks of the bundled model (``bench/stack3d.py``, two per setting) it
-    raised 3D object F1@0.5 at a Z step of 4 pixels from 0.28 / 0.30 to 0.81 / 0.83 on separate nuclei and from
-    0.21 to 0.21 / 0.23 on crowded ones, at a Z step of 2 from 0.39 to 0.46 on crowded ones.
+    directions. The blurred volume is normalised with its own percentiles: the blur draws them together, and
+    with the stack's percentiles the passes saw dim nuclei (separate nuclei at a Z step of 4 pixels, two
+    generated stacks: 3D object F1@0.5 0.50 / 0.53 with the stack's, 0.81 / 0.85 with its own; 0.30 without
+    the blur).
     """
     return math.sqrt(max(step * step - 1.0, 0.0) / 12.0)
 
@@ -314,14 +315,18 @@ class _StackRun:
         raise_if_cancelled(self.cancel)
         t0 = time.perf_counter()
         volume = np.asarray(self.layout.plane_view(self.plan.image, where)[:])  # (C, Z, Y, X)
-        across = volume  # what the ZX and ZY passes see
+        across, across_model = volume, self.pass_model  # what the ZX and ZY passes see, and how it is normalised
         if self.resampled != self.depth:
             volume = ndimage.zoom(volume.astype(np.float32), (1, self.resampled / self.depth, 1, 1), order=1,
                                   mode="nearest", prefilter=False)
             across = volume
             step = (self.resampled - 1) / max(self.depth - 1, 1)
-            if step > 1:
+            if step > 1:  # blurred, and normalised with its own percentiles, which the blur drew together
                 across = ndimage.gaussian_filter(volume, (0, 0, *(lateral_blur(step),) * 2))
+                normalization = self.model.config.normalization
+                across_model = _PassModel(self.model.network, dataclasses.replace(
+                    self.pass_model.config, normalization=_KnownStatistics(normalization,
+                                                                           normalization.statistics(across))))
         self.timings["read"] += time.perf_counter() - t0
         shape = volume.shape[1:]
         summed = np.zeros((self.classes, *shape), np.float32)
@@ -334,8 +339,8 @@ class _StackRun:
             channel_order = (0,) + tuple(1 + a for a in order)
             target = summed if k == 0 else current
             runs.append(inference._Run(
-                (volume if k == 0 else across).transpose(channel_order), self.pass_model, "CZYX", progress=None,
-                cancel=self.cancel,
+                (volume if k == 0 else across).transpose(channel_order),
+                self.pass_model if k == 0 else across_model, "CZYX", progress=None, cancel=self.cancel,
                 out=scratch.transpose(order), probabilities=target.transpose(channel_order), keep_partial=True,
                 **self.options))
         if self.options["batch_size"] is None:  # thin ZX and ZY planes: batch them up to one YX batch's pixels
