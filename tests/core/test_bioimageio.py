@@ -140,6 +140,20 @@ def test_inverted_semantic_valid_padding_model_passes(tmp_path, one_thread):
     _assert_passes(path)
 
 
+def test_3d_model_with_two_channels_passes(tmp_path, one_thread):
+    model = _tiny(network={"spatial_dims": 3, "depth": 1, "base_features": 2, "in_channels": 2}, axes="ZYX")
+    for module in model.network.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_var.fill_(2.0)
+    path = export_bioimageio(model, tmp_path / "stack.zip")
+    rdf, _ = _read(path)
+    axes = rdf["inputs"][0]["axes"]
+    assert [a.get("id") for a in axes[2:]] == ["z", "y", "x"] and len(axes[1]["channel_names"]) == 2
+    scale = next(op for op in rdf["inputs"][0]["preprocessing"] if op["id"] == "scale_range")
+    assert scale["kwargs"]["axes"] == ["z", "y", "x"], "percentiles per channel"
+    _assert_passes(path)
+
+
 def test_bundled_nuclei_exports_and_passes(tmp_path, one_thread):
     start = time.perf_counter()
     path = export_bioimageio(load_model("nuclei"), tmp_path / "nuclei.zip")
