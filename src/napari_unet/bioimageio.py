@@ -106,14 +106,15 @@ def architecture_source() -> str:
 
 def export_bioimageio(model: Any, path: str | os.PathLike, *, sample: np.ndarray | None = None,
                       authors: Sequence[str] | None = None, license: str = DEFAULT_LICENSE,
-                      check: bool = False) -> Path:
+                      check: bool = False, overwrite: bool = False) -> Path:
     """Write ``model`` (a :class:`~napari_unet.Model`, or a name or folder for ``load_model``) as a
     bioimage.io package (format 0.5) to ``path`` (a ``.zip``); return the path.
 
     ``sample`` is the test image, with the model's spatial axes and, for several channels, the channel axis
     first; by default a generated nuclei image (the same in every channel; inverted for an inverted model).
     ``authors`` are names (default: the napari-unet contributors); ``license`` is an SPDX id. With ``check``
-    the finished package is run through ``bioimageio.core``'s ``test_model`` and a failure raises.
+    the finished package is run through ``bioimageio.core``'s ``test_model`` and a failure raises. An existing
+    file is only replaced with ``overwrite``; the package appears complete or not at all.
     """
     spec = _import_spec()
     from napari_unet.core.models import Model, load_model
@@ -129,6 +130,8 @@ def export_bioimageio(model: Any, path: str | os.PathLike, *, sample: np.ndarray
         raise InvalidInputError(f"a bioimage.io package is a .zip file; got {path}")
     if not path.parent.is_dir():
         raise InvalidInputError(f"the folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise InvalidInputError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
 
     with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp:
         folder = Path(tmp)
@@ -149,7 +152,8 @@ def export_bioimageio(model: Any, path: str | os.PathLike, *, sample: np.ndarray
     if check:
         summary = test_package(path)
         if summary.status != "passed":
-            raise RuntimeError(f"bioimageio.core's test of {path} failed:\n{summary.format()}")
+            raise RuntimeError(f"bioimageio.core's test of {path} failed (the package is written; please report "
+                               f"this as a napari-unet bug):\n{summary.format()}")
     return path
 
 

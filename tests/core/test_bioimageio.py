@@ -184,6 +184,10 @@ def test_wrong_target_or_sample_is_a_clear_error(tmp_path):
     with pytest.raises(InvalidInputError, match="authors"):
         export_bioimageio(model, tmp_path / "model.zip", authors="A. Person")
     assert not (tmp_path / "model.zip").exists()
+    (tmp_path / "model.zip").write_bytes(b"mine")
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        export_bioimageio(model, tmp_path / "model.zip")
+    assert (tmp_path / "model.zip").read_bytes() == b"mine"
 
 
 def test_training_data_citations_found_in_card_provenance_and_parents(tmp_path):

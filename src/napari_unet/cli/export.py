@@ -35,10 +35,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_unet.core.errors import InvalidInputError
-
-    if args.output.exists() and not args.overwrite:
-        raise InvalidInputError(f"{args.output} exists; pass --overwrite to replace it")
     sample = None
     if args.sample is not None:
         import numpy as np
@@ -57,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         configure_cpu_threads(interactive=False)  # as segment and finetune do; NAPARI_UNET_THREADS overrides
         model = load_model(args.model)
         path = export_bioimageio(model, args.output, sample=sample, authors=args.author, license=args.license,
-                                 check=args.check)
+                                 check=args.check, overwrite=args.overwrite)
     except ImportError as exc:
         print(f"napari-unet export: error: {exc}", file=sys.stderr)
         return 2
