@@ -19,17 +19,16 @@ The network was trained on planes with square pixels. A ZX plane of a stack whos
 pixels shows every nucleus squashed by that ratio, so with ``scale=(z, y, x)`` the *image* is resampled in Z to
 the lateral pixel size first (linear interpolation along Z, ``scipy.ndimage.zoom`` with order 1) and the labels
 are brought back to the stack's own planes afterwards (nearest plane). Resampling the probability maps instead
-would not help: the network would already have looked at squashed nuclei. The ZX and ZY passes see the
-resampled stack slightly blurred along Y and X (:func:`lateral_blur`), so that its interpolated planes do not
-show streaks, and normalised with that volume's own percentiles. The returned probabilities are taken at the same nearest planes as the labels, so that the two
-agree voxel by voxel.
+would not help: the network would already have looked at squashed nuclei. The ZX and ZY passes see the resampled
+stack slightly blurred along Y and X (:func:`lateral_blur`), so that its interpolated planes do not show streaks,
+and normalised with that volume's own percentiles. The returned probabilities are taken at the same nearest
+planes as the labels, so that the two agree voxel by voxel.
 
-Memory: the route holds each volume's image (resampled: twice, plain and blurred), two float32 probability maps (the running sum and the current
-pass), the two consensus masks, a scratch label volume and the watershed's working arrays, about 60 bytes per
-(resampled) voxel. A stack
-whose volume needs more than a quarter of the machine's memory is segmented plane by plane instead, with a
-note in the result's messages (``stack="3d"`` refuses it, suggesting ``stack="planes"`` or a crop); there is no
-out-of-core version of this route yet.
+Memory: the route holds each volume's image (resampled: twice, plain and blurred), two float32 probability maps
+(the running sum and the current pass), the two consensus masks, a scratch label volume and the watershed's
+working arrays, about 60 bytes per (resampled) voxel. A stack whose volume needs more than a quarter of the
+machine's memory is segmented plane by plane instead, with a note in the result's messages (``stack="3d"``
+refuses it, suggesting ``stack="planes"`` or a crop); there is no out-of-core version of this route yet.
 """
 from __future__ import annotations
 
