@@ -90,3 +90,20 @@ def test_beats_the_classical_baseline_on_held_out_styles(model, style):
     baseline_f1 = object_f1(_classical_segmentation()(image), truth, 0.5)
     assert model_f1 >= MIN_F1[style]
     assert model_f1 >= baseline_f1 + MIN_LEAD
+
+
+def test_config_records_the_real_training_data_its_split_scores_and_object_size(model):
+    provenance = model.config.provenance
+    real = provenance["real_data"]
+    assert "CC0" in real["licence"] and "Caicedo" in real["citation"] and "Nature Methods" in real["citation"]
+    assert "sha256" in real["split"] and "validation" in real["split"]
+    assert sum(real["train"]["images"].values()) > 400
+    scores = real["validation_scores"]
+    assert set(scores) == {"fluo", "color", "bright_gray"}
+    for row in scores.values():  # AP and F1 agree with the pooled counts they came from
+        tp, fp, fn = row["model"]["tp"], row["model"]["fp"], row["model"]["fn"]
+        assert row["model"]["ap@0.5"] == pytest.approx(tp / (tp + fp + fn), abs=1e-4)
+        assert row["model"]["f1@0.5"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+    assert scores["fluo"]["model"]["ap@0.5"] > scores["fluo"]["baseline"]["ap@0.5"]
+    assert 5 < provenance["object_size"]["median_diameter_px"] < 60
+    assert "training object size" in model.config.card
