@@ -76,19 +76,12 @@ def test_a_diameter_near_the_trained_one_changes_nothing():
     assert fake.calls[0][0] == (240, 240)
 
 
-def test_no_diameter_estimates_from_a_first_pass_and_rescales_only_a_clear_mismatch():
+def test_no_diameter_segments_once_at_the_image_scale_and_reports_the_object_size():
     image = np.zeros((240, 240), np.float32)
     far = FakeRun(radius=30)  # objects of 60 px for a 20 px model
     result = run_to_end(sizing.segment_at_size(far, image, tiny_model(20), None, None, {"probabilities": True}))
-    assert [call[0] for call in far.calls] == [(240, 240), (80, 80)]
-    assert result.labels.shape == (240, 240) and "resampled" in result.messages[-1]
-    near = FakeRun(radius=12)
-    result = run_to_end(sizing.segment_at_size(near, image, tiny_model(20), None, None, {"probabilities": True}))
-    assert len(near.calls) == 1 and "about 24 px across" in result.messages[-1]
-    stack = np.zeros((3, 240, 240), np.float32)
-    staged = FakeRun(radius=30)
-    run_to_end(sizing.segment_at_size(staged, stack, tiny_model(20), "ZYX", None, {"probabilities": True}))
-    assert len(staged.calls) == 1, "a stack is not segmented twice for an estimate"
+    assert [call[0] for call in far.calls] == [(240, 240)], "no second pass on an estimate"
+    assert "about 60 px across" in result.messages[-1] and "pass diameter=" in result.messages[-1]
 
 
 def test_a_model_without_an_object_size_ignores_the_diameter_and_says_so():
@@ -120,16 +113,11 @@ def test_the_object_size_is_saved_with_the_model(tmp_path):
         tiny_model(-1.0)
 
 
-def test_fine_tuning_data_are_resampled_to_the_model_object_size():
+def test_fine_tuning_records_the_size_of_the_annotated_objects():
     from napari_unet.core.training_data import Sample, prepare_data
 
-    labels = discs((240, 240), 20)  # objects of 40 px for a 20 px model
+    labels = discs((240, 240), 20)  # objects of 40 px
     image = (labels > 0).astype(np.float32) * 100 + 10
     data = prepare_data(tiny_model(20), [Sample(image, labels)], None, 0.0, 10.0, 5.0)
-    (item,) = data.items
-    assert data.scales == [{"object_diameter": pytest.approx(40, rel=0.05), "resampled_by": pytest.approx(0.5,
-                                                                                                         rel=0.05)}]
-    annotated = item.targets.annotated
-    assert annotated.sum() == pytest.approx(240 * 240 * 0.5 ** 2, rel=0.02), "the plane is half as wide and high"
-    unsized = prepare_data(tiny_model(None), [Sample(image, labels)], None, 0.0, 10.0, 5.0)
-    assert unsized.items[0].targets.annotated.sum() == 240 * 240 and unsized.scales[0]["resampled_by"] == 1.0
+    assert data.object_sizes == [pytest.approx(40, rel=0.05)]
+    assert data.items[0].targets.annotated.sum() == 240 * 240, "trained at the image's own scale, as segmented"

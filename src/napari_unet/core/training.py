@@ -236,7 +236,7 @@ def finetune_steps(
     settings = {"learning_rate": learning_rate, "new_kind": new_kind, "from_scratch": from_scratch,
                 "batch_size": batch_size, "patch_shape": list(data.input_shape),
                 "validation_fraction": validation_fraction, "augment": augmentation != NO_AUGMENTATION, "w0": w0,
-                "sigma": sigma, "freeze_batchnorm": freeze, "inverted_input": data.inverted, "samples_at_model_size": data.scales,
+                "sigma": sigma, "freeze_batchnorm": freeze, "inverted_input": data.inverted, "annotated_object_diameters": data.object_sizes,
                 "mixed_precision": str(precision).replace("torch.", "") if precision else None, "device": str(target),
                 "prepare_s": round(prepare_s, 2)}
     # with a validation block, the kept state is the start itself unless training beat it there

@@ -62,7 +62,7 @@ class TrainingData:
     annotated_pixels: int
     annotations: list[tuple[np.ndarray, np.ndarray, str]]  # per sample: labels, annotated area, axes
     inverted: bool = False  # the items' intensities were flipped: the tuned model must invert its input
-    scales: list[dict[str, Any]] = field(default_factory=list)  # per sample: object size, resampling
+    object_sizes: list[float | None] = field(default_factory=list)  # per sample: median object diameter (px)
 
 
 def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Sequence[int] | None,
@@ -75,13 +75,13 @@ def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Seq
     digest = hashlib.sha256()
     items: list[Item] = []
     annotations: list[tuple[np.ndarray, np.ndarray, str]] = []
-    scales: list[dict[str, Any]] = []
+    sizes: list[float | None] = []
     for index, sample in enumerate(samples):
         if not isinstance(sample, Sample):
             raise InvalidInputError(f"sample {index} is a {type(sample).__name__}; wrap it as "
                                     "Sample(image, labels, mask=None, axes='YX')")
         try:
-            items += _sample_items(sample, index, model, w0, sigma, digest, annotations, scales)
+            items += _sample_items(sample, index, model, w0, sigma, digest, annotations, sizes)
         except InvalidInputError as exc:
             raise InvalidInputError(f"sample {index}: {exc}") from None
     inverted = polarity and match_polarity(items)
@@ -95,7 +95,7 @@ def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Seq
     train_pixels = [_flat_indices(item.targets.annotated) for item in items]
     counts = np.array([len(p) for p in train_pixels], dtype=np.float64)
     return TrainingData(items, input_shape, output_shape, train_pixels, counts / counts.sum(), validation,
-                 "sha256:" + digest.hexdigest(), annotated_pixels, annotations, inverted, scales)
+                 "sha256:" + digest.hexdigest(), annotated_pixels, annotations, inverted, sizes)
 
 
 def match_polarity(items: list[Item]) -> bool:
@@ -125,11 +125,11 @@ def match_polarity(items: list[Item]) -> bool:
 
 
 def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: float, digest: Any,
-                  annotations: list[tuple[np.ndarray, np.ndarray, str]], scales: list[dict[str, Any]]
+                  annotations: list[tuple[np.ndarray, np.ndarray, str]], sizes: list[float | None]
                   ) -> list[Item]:
-    """Check one sample and cut it into training items: one per annotated plane (2D models) or stack, resampled
-    to the model's object size (:mod:`~napari_unet.core.sizing`). Feeds the data fingerprint and records the
-    labels and annotated area for the model's snapshot, and the sample's object size and resampling."""
+    """Check one sample and cut it into training items: one per annotated plane (2D models) or stack.
+    Feeds the data fingerprint and records the labels and annotated area for the model's snapshot, and the
+    size of the annotated objects (:mod:`~napari_unet.core.sizing`)."""
     config = model.config
     dims = config.network.spatial_dims
     image, axes, _ = grey_for_model(sample.image, sample.axes, dims, config.in_channels, stacklevel=6)
@@ -143,8 +143,8 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
     if config.task == "semantic":
         check_classes(arrays.labels, annotated, config.classes)
     annotations.append((arrays.labels, annotated, arrays.axes))
-    factor, found = sizing.training_factor(config, arrays.labels, annotated)
-    scales.append({"object_diameter": round(found, 1) if found else None, "resampled_by": round(factor, 3)})
+    found = sizing.annotated_diameter(arrays.labels, annotated) if config.task == "instance" else None
+    sizes.append(round(found, 1) if found else None)
     stats = config.normalization.statistics(arrays.image)
     digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}".encode())
     items = []
@@ -156,8 +156,6 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
         labels = arrays.labels[plane]
         for part in (raw, np.where(plane_annotated, labels, 0), plane_annotated):
             digest.update(np.ascontiguousarray(part).tobytes())
-        if factor != 1.0:
-            raw, labels, plane_annotated = sizing.resample_plane(raw, labels, plane_annotated, factor)
         image = config.normalization.apply(raw, stats)
         if config.task == "instance":
             targets = instance_targets(labels, plane_annotated, w0, sigma)
