@@ -108,8 +108,8 @@ class SegmentWidget(QWidget):
         self.diameter_spin.setSpecialValueText("auto")
         self.diameter_spin.setSuffix(" px")
         self.diameter_spin.setToolTip("Typical object diameter in pixels: the image is resampled so that objects "
-                                      "have the size the model was trained at. 'auto' measures them in a first "
-                                      "pass and segments again only if they are far from that size.")
+                                      "have the size the model was trained at. 'auto' segments the image as it "
+                                      "is and reports the size of the objects found.")
 
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
