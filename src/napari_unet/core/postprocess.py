@@ -137,11 +137,11 @@ class SemanticLabeller:
 class InstanceLabeller:
     """Seeded-watershed instance labels, block by block, with a union-find that keeps objects whole."""
 
-    def __init__(self, labels: Any, layout: Layout, objects: ObjectFilter = ObjectFilter(),
+    def __init__(self, labels: Any, layout: Layout, object_filter: ObjectFilter = ObjectFilter(),
                  halo: int = HALO) -> None:
         self.labels = labels
         self.layout = layout
-        self.objects_filter = objects
+        self.object_filter = object_filter
         self.halo = halo
         self.parent = np.zeros(1, dtype=np.int64)  # union-find over provisional ids; 0 is background
         self.pixels = np.zeros(1, dtype=np.int64)  # pixels written with each provisional id
@@ -288,7 +288,7 @@ class InstanceLabeller:
             alive[a:b] = False
         sizes = np.bincount(parent[alive], weights=self.pixels[: self.size][alive], minlength=self.size)
         roots = np.unique(parent[alive])
-        roots = roots[self.objects_filter.keep(sizes[roots])]
+        roots = roots[self.object_filter.keep(sizes[roots])]
         final = np.zeros(self.size, dtype=np.int64)
         final[roots] = np.arange(1, len(roots) + 1)
         lut = np.where(alive, final[parent], 0)
