@@ -110,3 +110,25 @@ def test_dark_objects_from_scratch_with_the_schedule_for_a_new_kind(files, tmp_p
     assert code == 0 and "for a new kind of image" in out and "inverts its input" in out
     settings = load_model("dark").config.provenance["settings"]
     assert settings["from_scratch"] and settings["new_kind"] and settings["learning_rate"] == 3e-3
+
+
+def test_labels_that_are_an_intensity_image_are_refused(files, tmp_path, capsys):
+    image = (np.random.default_rng(0).random((48, 48)) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "raw.tif", image)
+    code = main(["finetune", "--model", "nuclei", "--image", str(tmp_path / "raw.tif"), "--labels",
+                 str(tmp_path / "raw.tif"), "--steps", "1"])
+    assert code == 2 and "intensity image" in capsys.readouterr().err
+    assert not (library.library_dir() / "nuclei-v2").exists()
+
+
+def test_a_run_without_a_completed_step_saves_nothing(files, capsys, monkeypatch):
+    from napari_unet.core import training
+
+    class SlowClock:  # every look at the clock finds the time budget spent
+        perf_counter = iter(range(0, 10**6, 1000)).__next__
+
+    monkeypatch.setattr(training, "time", SlowClock)
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels",
+                 str(files["labels0"]), "--time", "1"])
+    assert code == 2 and "nothing was saved" in capsys.readouterr().err
+    assert not (library.library_dir() / "nuclei-v2").exists()

@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if provenance.get("improved") is False:
         print(f"warning: training did not beat {model.name or 'the starting model'} on the validation area; the "
               "new version keeps its weights")
+    if not provenance["steps"]:
+        raise InvalidInputError("no training step was completed, so nothing was saved; give more --time or "
+                                "--steps")
     folder = save_model(tuned, output) if output is not None else save_version(tuned)
     print(f"saved {folder.name} at {folder}")
     return 0

@@ -110,7 +110,19 @@ def _check_labels(labels: Any, expected: tuple[int, ...], label_axes: str) -> np
             f"labels must be integers (0 background, positive ids), not {array.dtype}; if they are whole "
             "numbers stored as floats, convert them with labels.astype(int)"
         )
+    _refuse_intensities(array)
     return array
+
+
+def _refuse_intensities(labels: np.ndarray) -> None:
+    """Labels that are really an intensity image (the image picked twice, a raw camera frame) hold thousands of
+    ids of a pixel or two each; training on them would teach noise and still save a version."""
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    if values.size > 1000 and np.median(counts) <= 2:
+        raise InvalidInputError(
+            f"the labels look like an intensity image, not annotations: {values.size} ids, most of them one or "
+            "two pixels; pass the corrected labels (0 background, one id per object)"
+        )
 
 
 def annotated_area(
