@@ -37,14 +37,14 @@ DARK_NUCLEI = ("color", "bright_gray")  # nuclei darker than the background
 STARDIST_AP = 0.864  # StarDist's published AP@0.5 on its own DSB 2018 test split (Schmidt et al. 2018, fig. 4)
 
 
-def model_segmenter(model: object, device: str = "cpu") -> Segmenter:
+def model_segmenter(model: object, device: str = "cpu", diameter: float | None = None) -> Segmenter:
     """Instance labels from ``napari_unet.segment`` with its defaults (axes inferred, colour to grey)."""
     from napari_unet.core.inference import segment
 
     def run(image: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the colour-to-grey notice, once per image
-            return segment(image, model, device=device, probabilities=False).labels
+            return segment(image, model, device=device, probabilities=False, diameter=diameter).labels
 
     return run
 

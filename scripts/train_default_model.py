@@ -26,8 +26,10 @@ images kept. The run is planned in steps, so on a given machine a rerun repeats 
 
 Post-processing. The object filter (smallest object kept, absolute and relative to the image's median) is
 chosen on a fixed subset of the train split's fluorescence images (every third) and on generated images of
-the training distribution (fresh seeds), from a small grid, by pooled AP@0.5; it changes labelling only. On the same images the script then decides whether recording the
-training object size (so that ``segment`` rescales images whose objects are far from it) helps.
+the training distribution (fresh seeds), from a small grid, by pooled AP@0.5; it changes labelling only. The training object size recorded as the config's
+``object_diameter`` (``segment(..., diameter=D)`` resamples by it) is the median equivalent diameter of all
+training objects or of the real ones as recorded, whichever scores better on the same train images segmented
+with their true nucleus size as the diameter.
 
 Evaluation. The finished model and the classical baseline are scored on the held-out generated styles with
 the code of ``bench/default_model.py`` and on the validation split of the real data with the code of
@@ -210,6 +212,11 @@ def real_samples(folder: Path, entries: list[Any], settings: dict[str, Any]
     return samples, summary, diameters
 
 
+def _median_diameter(labels: np.ndarray) -> float | None:
+    sizes = dsb2018.equivalent_diameters(labels)
+    return float(np.median(sizes)) if sizes.size else None
+
+
 def tuning_images(folder: Path, entries: list[Any], settings: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
     """What post-processing is chosen on: train-split images (``entries``) and generated images of the
     training distribution (random styles, seeds ``tune_seed + i``; none of them a held-out test style)."""
@@ -372,9 +379,11 @@ def prepare(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[list[An
         samples = real_list + samples
         diameters = real_diameters + diameters
         facts["real_train"] = real
+        recorded = np.concatenate(real_diameters[0::2])  # the real images as recorded, not their rescaled copies
     all_diameters = np.concatenate(diameters)
     facts["object_size"] = {
         "median_diameter_px": round(float(np.median(all_diameters)), 1),
+        **({"real_median_diameter_px": round(float(np.median(recorded)), 1)} if args.data is not None else {}),
         "quartiles_px": [round(float(q), 1) for q in np.percentile(all_diameters, [25, 75])],
         "objects": int(all_diameters.size),
         "measure": "equivalent diameter (diameter of the disc of the object's area) of every training object, "
@@ -466,19 +475,28 @@ def finish(args: argparse.Namespace, facts: dict[str, Any], threads: int) -> Non
         model.config.object_diameter = None  # chosen below; the filter is chosen at the images' own scale
         model.config.object_filter, tuning = tune_object_filter(model, pairs)
         print(f"  {tuning['chosen']} (AP@0.5 on them: {tuning['ap@0.5']})", flush=True)
-        size = facts["object_size"]["median_diameter_px"]
-        print(f"  and with the training object size ({size} px) recorded, so that segment rescales images "
-              "whose objects are far from it ...", flush=True)
-        model.config.object_diameter = size
-        resized = real_data.counts((real_data.model_segmenter(model)(image), truth) for image, truth in pairs)
-        with_size = round(real_data.ap_f1(resized)[0], 4)
+        # The object size is recorded for segment(..., diameter=D), which resamples an image by
+        # object_diameter / D; without a diameter segment works at the image's own scale and only reports the
+        # size it found, so the choice leaves every figure below unchanged. Candidates: the median of all
+        # training objects (generated ones, many and small, dominate it) and of the real ones as recorded;
+        # chosen on the same train images, each segmented with its true median nucleus size as the diameter.
+        subset_pairs = pairs[:len(subset)]
         model.config.object_diameter = None
-        kept = real_data.counts((real_data.model_segmenter(model)(image), truth) for image, truth in pairs)
-        without = round(real_data.ap_f1(kept)[0], 4)
-        tuning["object_diameter"] = {"ap@0.5 recorded": with_size, "ap@0.5 not recorded": without,
-                                     "chosen": "recorded" if with_size > without else "not recorded"}
-        model.config.object_diameter = size if with_size > without else None
-        print(f"  AP@0.5 {with_size} with it, {without} without: {tuning['object_diameter']['chosen']}", flush=True)
+        own = real_data.counts((real_data.model_segmenter(model)(image), truth) for image, truth in subset_pairs)
+        choice = {"train images": len(subset_pairs), "ap@0.5 at their own scale": round(real_data.ap_f1(own)[0], 4)}
+        scores = {}
+        for key in ("median_diameter_px", "real_median_diameter_px"):
+            if key not in facts["object_size"]:
+                continue
+            model.config.object_diameter = facts["object_size"][key]
+            given = real_data.counts((real_data.model_segmenter(model, diameter=_median_diameter(truth))(image), truth)
+                                     for image, truth in subset_pairs)
+            scores[facts["object_size"][key]] = round(real_data.ap_f1(given)[0], 4)
+        model.config.object_diameter = max(scores, key=scores.get)
+        choice["ap@0.5 with diameter= their true median size, by object_diameter"] = {str(k): v for k, v in scores.items()}
+        choice["chosen"] = model.config.object_diameter
+        tuning["object_diameter"] = choice
+        print(f"  object_diameter: {choice}", flush=True)
     print(f"evaluating on {len(HELD_OUT)} held-out styles ...", flush=True)
     segmenters = {"model": model_segmenter(model), "baseline": classical_segmentation}
     table = evaluate(segmenters, settings["eval_size"], settings["eval_seeds"])
@@ -498,7 +516,7 @@ def finish(args: argparse.Namespace, facts: dict[str, Any], threads: int) -> Non
                  "(synthetic.random_style: nucleus radius 3.5-22 px, 8/12/16 bit, wide ranges of signal, "
                  "blur, noise, background, illumination and density), and "
                  f"{settings['empty_images']} generated images of background and noise without nuclei")
-    size = facts["object_size"]["median_diameter_px"]
+    size = model.config.object_diameter or facts["object_size"]["median_diameter_px"]
     if real is not None:
         counts = ", ".join(f"{n} {m}" for m, n in real["images"].items())
         training_data = (f"the train split ({counts} images; {dsb2018.SPLIT_RULE}) of the {dsb2018.NAME}, "
@@ -514,10 +532,9 @@ def finish(args: argparse.Namespace, facts: dict[str, Any], threads: int) -> Non
     model.config.card = {
         "intended images": INTENDED,
         "training data": training_data,
-        "training object size": (f"median equivalent diameter {size} px (provenance.object_size); "
-                                 + ("recorded as object_diameter, so segment rescales images whose nuclei are far "
-                                    "from it" if model.config.object_diameter else "not recorded as object_diameter: "
-                                    "automatic rescaling scored lower on the train split")),
+        "training object size": (f"{size} px, median equivalent diameter of the training objects "
+                                 "(provenance.object_size; chosen on the train split), recorded as object_diameter: "
+                                 "segment(..., diameter=D) resamples an image by it / D"),
         "metrics": metrics_line(table) + (f"; {real_line(real_table)}" if real_table else ""),
         "speed": f"{seconds:.2f} s for a {settings['eval_size']}x{settings['eval_size']} image on {threads} CPU "
                  f"thread(s) in {arithmetic}, post-processing included",
