@@ -121,3 +121,9 @@ def test_fine_tuning_records_the_size_of_the_annotated_objects():
     data = prepare_data(tiny_model(20), [Sample(image, labels)], None, 0.0, 10.0, 5.0)
     assert data.object_sizes == [pytest.approx(40, rel=0.05)]
     assert data.items[0].targets.annotated.sum() == 240 * 240, "trained at the image's own scale, as segmented"
+
+
+def test_the_estimate_takes_ids_of_any_size_and_sign():
+    labels = discs((240, 240), 10).astype(np.int64) * (2**40)  # huge ids
+    labels[0, :5] = -3  # negative values are not objects
+    assert sizing.estimate_diameter(labels) == pytest.approx(20, rel=0.05)

@@ -44,8 +44,9 @@ def estimate_diameter(labels: np.ndarray) -> float | None:
     every plane of a stack; None with fewer than :data:`MIN_OBJECTS` objects."""
     labels = np.asarray(labels)
     planes = labels.reshape((-1,) + labels.shape[-2:])
-    areas = np.concatenate([np.bincount(plane.ravel())[1:] for plane in planes]) if planes.size else np.array([])
-    areas = areas[areas > 0]
+    # counts of the positive ids, plane by plane (np.unique: ids may be huge, negative or not integers at all)
+    areas = np.concatenate([np.unique(plane[plane > 0], return_counts=True)[1] for plane in planes]
+                           or [np.zeros(0, np.int64)])
     if areas.size < MIN_OBJECTS:
         return None
     return float(2.0 * np.sqrt(np.median(areas) / np.pi))
