@@ -100,16 +100,16 @@ DESCRIPTION = ("Nuclei in 2D fluorescence images (DAPI, Hoechst and similar stai
 DESCRIPTION_GENERATED = ("Nuclei in 2D fluorescence images (DAPI, Hoechst and similar stains): one label per "
                          "nucleus, touching nuclei separated. Trained on generated images only.")
 
-INTENDED = ("single-channel 2D fluorescence images of stained nuclei (Z stacks and time-lapses slice by slice), "
-            "8, 12 or 16 bit, widefield or confocal, nuclei about 7-45 px across; also grey brightfield and "
-            "colour histology (RGB, converted to grey), less well")
+INTENDED = ("single-channel 2D fluorescence images of stained nuclei (Z stacks as 3D objects from its YX, ZX and "
+            "ZY planes; time-lapses frame by frame), 8, 12 or 16 bit, widefield or confocal, nuclei about 7-45 px "
+            "across; also grey brightfield and colour histology (RGB, converted to grey), less well")
 
 LIMITS = ("cytoplasmic or membrane stains, phase contrast, and multi-channel images (other than RGB) are outside "
           "its experience; colour histology is segmented from its grey only; weakest on crowded, very noisy "
           "images (touching nuclei merged or missed) and on large, blurred touching nuclei, see the metrics; "
-          "rescale images whose nuclei are much smaller than 7 px or larger than 45 px across; a 2D model, so "
-          "stacks are segmented plane by plane. Fine-tune it on a few corrected images of your own for the "
-          "best results")
+          "rescale images whose nuclei are much smaller than 7 px or larger than 45 px across; a 2D model: a "
+          "z-stack's 3D objects come from its three orthogonal planes, weakest on crowded stacks with coarse Z "
+          "steps (see README, Z-stacks). Fine-tune it on a few corrected images of your own for the best results")
 
 LIMITS_GENERATED = ("learned from generated images only: debris, dead or fragmented cells, saturated artefacts, "
           "cytoplasmic or membrane stains, brightfield or phase contrast and multi-channel images are outside "
