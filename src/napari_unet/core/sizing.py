@@ -44,12 +44,19 @@ def estimate_diameter(labels: np.ndarray) -> float | None:
     every plane of a stack; None with fewer than :data:`MIN_OBJECTS` objects."""
     labels = np.asarray(labels)
     planes = labels.reshape((-1,) + labels.shape[-2:])
-    # counts of the positive ids, plane by plane (np.unique: ids may be huge, negative or not integers at all)
-    areas = np.concatenate([np.unique(plane[plane > 0], return_counts=True)[1] for plane in planes]
-                           or [np.zeros(0, np.int64)])
+    areas = np.concatenate([_object_areas(plane) for plane in planes] or [np.zeros(0, np.int64)])
     if areas.size < MIN_OBJECTS:
         return None
     return float(2.0 * np.sqrt(np.median(areas) / np.pi))
+
+
+def _object_areas(plane: np.ndarray) -> np.ndarray:
+    """Pixels of each positive id of a plane: a linear-time count for the compact non-negative integer ids that
+    segment() writes, a sort for anything else (huge, negative or non-integer values)."""
+    if plane.dtype.kind in "iu" and plane.size and 0 <= plane.min() and plane.max() <= 4 * plane.size:
+        counts = np.bincount(plane.ravel())[1:]
+        return counts[counts > 0]
+    return np.unique(plane[plane > 0], return_counts=True)[1]
 
 
 def _factor(trained: float, diameter: float, tolerance: float) -> float:
