@@ -70,8 +70,7 @@ def check_display(environ: dict[str, str] | None = None, platform: str | None = 
         raise InvalidInputError(
             "napari needs a display, and this machine has none (DISPLAY is not set). On a headless machine run "
             "the demo on a virtual display: xvfb-run -a napari-unet demo --screenshot demo.png (Debian/Ubuntu: "
-            "apt-get install xvfb libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cursor0 libdbus-1-3), or "
-            "connect with ssh -X")
+            "Xvfb and the libraries the README lists under Install and run), or connect with ssh -X")
 
 
 def run(args: argparse.Namespace) -> int:
