@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import gc
 import itertools
-import os
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from napari_unet.core.memory import total_memory as physical_memory  # one home, torch-free
 from napari_unet.core.unet import UNet, UNetConfig
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -226,14 +226,6 @@ def _device_budget(device: torch.device) -> int:
     if device.type == "cpu":
         return min(CPU_BUDGET_BYTES, physical_memory() // 8)
     return CPU_BUDGET_BYTES
-
-
-def physical_memory() -> int:
-    """Bytes of RAM in this machine (8 GiB where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -59,11 +59,10 @@ def _object_areas(plane: np.ndarray) -> np.ndarray:
     return np.unique(plane[plane > 0], return_counts=True)[1]
 
 
-def _factor(trained: float, diameter: float, tolerance: float) -> float:
+def _factor(trained: float, diameter: float) -> float:
+    """The resampling factor, 1.0 within :data:`TOLERANCE` (the scale augmentation of training covers that)."""
     factor = trained / diameter
-    if abs(math.log(factor)) < math.log(tolerance):
-        return 1.0
-    return factor
+    return 1.0 if abs(math.log(factor)) < math.log(TOLERANCE) else factor
 
 
 def _nbytes(image: Any) -> float:
@@ -115,7 +114,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     image = np.asarray(image)
     letters = axes or infer_axes(image.shape, spatial_dims=config.network.spatial_dims,
                                  in_channels=config.in_channels)
-    factor = _factor(trained, diameter, TOLERANCE)
+    factor = _factor(trained, diameter)
     if factor == 1.0:
         return (yield from run(image, model, axes, **options))
     if not 1 / MAX_FACTOR <= factor <= MAX_FACTOR:
