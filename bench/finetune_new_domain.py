@@ -8,7 +8,8 @@ AP@0.5 = TP / (TP + FP + FN), objects matched one to one at IoU 0.5, pooled over
 Kinds:
 
 * ``histology``: the colour histology of the 2018 Data Science Bowl (``bench/dsb2018.py``), given to the
-  1-channel model in grey (dark nuclei on a bright background). Training images from the train split,
+  1-channel model as colour, which ``segment`` and ``finetune`` turn into its optical density (stained
+  nuclei bright). Training images from the train split,
   scores on the whole validation split of that modality.
 * ``brightfield``: the DSB's grey brightfield images, likewise (its validation split holds two images).
 * ``cells``: generated whole cells, far from every training style: about 60 px across, irregular and

@@ -9,9 +9,9 @@ IoU > 0.5 (``napari_unet.core.metrics.object_matching``); the counts are pooled 
 (AP as in the Data Science Bowl and the StarDist paper, at one threshold). Segmenters: the bundled ``nuclei``
 model (or ``--model``), a previous model (``--previous FOLDER``, e.g. the weights of an earlier commit
 written out with ``git show``), and the classical baseline of ``bench/baseline.py`` (Otsu + watershed with
-fixed parameters; it is given the grey image, inverted for the modalities with dark nuclei on a bright
+fixed parameters; it is given the luminance, inverted for the modalities with dark nuclei on a bright
 background, as a user of such a pipeline would). Colour images reach the models as they are: ``segment``
-converts them to grey for a 1-channel model.
+converts them to one channel for a 1-channel model (optical density for these stained sections).
 
 Run ``python bench/real_data.py [DATA_FOLDER] [--previous FOLDER] [--threads N]``; DATA_FOLDER defaults to
 ``../shared/data/dsb2018`` from the repository root.
@@ -29,7 +29,7 @@ import numpy as np
 from baseline import classical_segmentation
 from dsb2018 import DEFAULT_FOLDER, MODALITIES, Entry, load, read_index, split
 
-from napari_unet.core.colour import to_grey
+from napari_unet.core.colour import LUMINANCE_ONLY, to_grey
 from napari_unet.core.metrics import object_matching
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
@@ -52,7 +52,7 @@ def model_segmenter(model: object, device: str = "cpu", diameter: float | None =
 def baseline_segmenter(modality: str) -> Segmenter:
     """The classical baseline on the grey image, inverted where nuclei are darker than the background."""
     def run(image: np.ndarray) -> np.ndarray:
-        grey = to_grey(image) if image.ndim == 3 else image.astype(np.float32)
+        grey = to_grey(image, LUMINANCE_ONLY) if image.ndim == 3 else image.astype(np.float32)
         if modality in DARK_NUCLEI:
             grey = grey.max() - grey
         return classical_segmentation(grey)

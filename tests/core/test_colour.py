@@ -1,5 +1,6 @@
-"""Colour images and 1-channel models: converted to grey (luminance) with a warning, alike in segment and
-fine-tuning; other channel layouts are still refused."""
+"""Colour images and 1-channel models: converted to one channel with a warning (optical density in
+transmitted light, luminance otherwise), alike in segment and fine-tuning; other channel layouts are still
+refused."""
 from __future__ import annotations
 
 import dask.array as da
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_unet.core.colour import LUMINANCE, GreyView, grey_for_model, to_grey
+from napari_unet.core.colour import (LUMINANCE, LUMINANCE_ONLY, ChannelView, choose_conversion,
+                                     grey_for_model, to_grey)
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.inference import segment
 from napari_unet.core.models import Model, ModelConfig
@@ -35,20 +37,52 @@ def stained(shape=(64, 72), seed=0):
     return rgb, labels
 
 
+def fluorescence_rgb(shape=(64, 72), seed=0):
+    """Nuclei saved as RGB from a fluorescence microscope: blue nuclei on a black background."""
+    image, labels = generate_nuclei(shape, "default", seed=seed)
+    signal = image.astype(np.float32) / max(float(image.max()), 1.0)
+    rgb = np.stack([10 * signal, 40 * signal, 250 * signal], axis=-1).round().astype(np.uint8)
+    return rgb, labels
+
+
 def test_luminance_weights_and_alpha():
     rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], np.uint8)
-    np.testing.assert_allclose(to_grey(rgb)[0], [255 * LUMINANCE[0], 255 * LUMINANCE[1], 255 * LUMINANCE[2],
-                                                 np.dot([10, 20, 30], LUMINANCE)], rtol=1e-6)
+    grey = to_grey(rgb, LUMINANCE_ONLY)
+    np.testing.assert_allclose(grey[0], [255 * LUMINANCE[0], 255 * LUMINANCE[1], 255 * LUMINANCE[2],
+                                         np.dot([10, 20, 30], LUMINANCE)], rtol=1e-6)
     rgba = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 7, np.uint8)], axis=-1)
-    np.testing.assert_array_equal(to_grey(rgba), to_grey(rgb))  # alpha is ignored
-    assert to_grey(rgb).dtype == np.float32
+    np.testing.assert_array_equal(to_grey(rgba, LUMINANCE_ONLY), grey)  # alpha is ignored
+    assert grey.dtype == np.float32
+
+
+def test_a_stained_section_becomes_optical_density_with_nuclei_bright():
+    rgb, labels = stained()
+    conversion = choose_conversion(rgb)
+    assert conversion.kind == "optical density"
+    np.testing.assert_allclose(conversion.white, np.percentile(rgb[..., :3].reshape(-1, 3), 99, axis=0), atol=1)
+    grey = to_grey(rgb)
+    assert grey[labels > 0].mean() > 5 * grey[labels == 0].mean()  # stain bright, glass near 0
+    assert grey.min() >= 0 and np.isfinite(grey).all()
+    luminance = to_grey(rgb, LUMINANCE_ONLY)
+    assert luminance[labels > 0].mean() < luminance[labels == 0].mean()  # the nuclei were dark in its luminance
+    black = rgb.copy()
+    black[:4, :4] = 0  # fully absorbing pixels stay finite
+    assert np.isfinite(to_grey(black)).all()
+
+
+def test_fluorescence_saved_as_rgb_stays_luminance():
+    rgb, labels = fluorescence_rgb()
+    assert choose_conversion(rgb) == LUMINANCE_ONLY
+    np.testing.assert_array_equal(to_grey(rgb), to_grey(rgb, LUMINANCE_ONLY))
+    assert to_grey(rgb)[labels > 0].mean() > to_grey(rgb)[labels == 0].mean()
 
 
 def test_lazy_images_stay_lazy_and_give_the_same_grey():
     rgb, _ = stained()
     store = zarr.array(rgb, chunks=(16, 16, 3))
     view = to_grey(store)
-    assert isinstance(view, GreyView) and view.shape == rgb.shape[:2]
+    assert isinstance(view, ChannelView) and view.shape == rgb.shape[:2]
+    assert view.conversion == choose_conversion(rgb)  # decided once for the whole image, as for numpy
     np.testing.assert_array_equal(view[5:20, 7:30], to_grey(rgb)[5:20, 7:30])
     np.testing.assert_array_equal(np.asarray(to_grey(da.from_array(rgb, chunks=16))), to_grey(rgb))
 
@@ -56,7 +90,7 @@ def test_lazy_images_stay_lazy_and_give_the_same_grey():
 def test_segment_converts_a_colour_image_for_a_one_channel_model_and_warns():
     model = grey_model()
     rgb, _ = stained()
-    with pytest.warns(UserWarning, match="converted to grey"):
+    with pytest.warns(UserWarning, match="converted to grey .optical density"):
         result = segment(rgb, model, device="cpu", precision="float32")
     assert result.axes == "YXC" and result.labels_axes == "YX" and result.labels.shape == rgb.shape[:2]
     assert any("grey" in m for m in result.messages)
