@@ -6,8 +6,9 @@ Run from the repository root::
                                           [--base-features N] [--output FOLDER]
 
 Training data. With ``--data FOLDER`` (the 2018 Data Science Bowl nuclei, read by ``bench/dsb2018.py``): the
-images of its *train* split - fluorescence, grey brightfield, and colour histology converted to grey with
-the same luminance :func:`napari_unet.segment` applies to colour images (``napari_unet.core.colour``) - each
+images of its *train* split - fluorescence, grey brightfield, and colour histology converted to one channel
+as :func:`napari_unet.segment` converts colour images (``napari_unet.core.colour``: optical density for a
+stained section in transmitted light) - each
 once as recorded and once resampled, image and labels together, at a random scale (log-uniform in
 ``scale_range``, limited so that the image's median nucleus stays within ``diameter_range`` px across). The
 validation split is never trained on nor tuned on: the script reports on it. Beside them, generated images
@@ -24,9 +25,10 @@ augmentation, AdamW with warm-up and cosine decay, the best state on a block hel
 images kept. The run is planned in steps, so on a given machine a rerun repeats the shipped model;
 ``--minutes`` only caps a slow machine (the card says which limit ended the run).
 
-Post-processing. The object filter (smallest object kept, absolute and relative to the image's median) is
-chosen on a fixed subset of the train split's fluorescence images (every third) and on generated images of
-the training distribution (fresh seeds), from a small grid, by pooled AP@0.5; it changes labelling only. The training object size recorded as the config's
+Post-processing. The object filter - the probability thresholds of foreground and seeds, then the smallest
+object kept, absolute and relative to the image's median - is chosen on a fixed subset of the train split's
+fluorescence images (every third) and on generated images of the training distribution (fresh seeds), from
+small grids, by pooled AP@0.5; it changes labelling only. The training object size recorded as the config's
 ``object_diameter`` (``segment(..., diameter=D)`` resamples by it) is the median equivalent diameter of all
 training objects or of the real ones as recorded, whichever scores better on the same train images segmented
 with their true nucleus size as the diameter.
@@ -88,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 FILTER_GRID = {"min_size": [8, 16, 24, 32, 48], "min_fraction": [0.1, 0.2, 0.3, 0.4]}
+THRESHOLD_GRID = {"foreground": [None, 0.2, 0.3, 0.4, 0.5], "seed": [None, 0.4, 0.5, 0.6]}
 
 ARCHITECTURE: dict[str, Any] = {
     "spatial_dims": 2, "in_channels": 1, "out_channels": 3, "depth": 3, "base_features": 24,
@@ -105,7 +108,7 @@ INTENDED = ("single-channel 2D fluorescence images of stained nuclei (Z stacks a
             "across; also grey brightfield and colour histology (RGB, converted to grey), less well")
 
 LIMITS = ("cytoplasmic or membrane stains, phase contrast, and multi-channel images (other than RGB) are outside "
-          "its experience; colour histology is segmented from its grey only; weakest on crowded, very noisy "
+          "its experience; colour histology is segmented from one channel, its optical density; weakest on crowded, very noisy "
           "images (touching nuclei merged or missed) and on large, blurred touching nuclei, see the metrics; "
           "rescale images whose nuclei are much smaller than 7 px or larger than 45 px across; a 2D model: a "
           "z-stack's 3D objects come from its three orthogonal planes, weakest on crowded stacks with coarse Z "
@@ -228,10 +231,12 @@ def tuning_images(folder: Path, entries: list[Any], settings: dict[str, Any]) ->
 
 
 def tune_object_filter(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, dict[str, Any]]:
-    """The object filter of :data:`FILTER_GRID` with the best AP@0.5 pooled over ``pairs`` (training data).
+    """The post-processing (``ObjectFilter``) with the best AP@0.5 pooled over ``pairs`` (training data).
 
-    Probabilities are computed once per image; each setting only relabels them. Ties (within 0.002) go to
-    the setting nearest the previous default, 8 px / 0.2.
+    First the foreground and seed thresholds of :data:`THRESHOLD_GRID` (with the default size bounds), then the
+    size bounds of :data:`FILTER_GRID` with the chosen thresholds. Probabilities are computed once per image;
+    each setting only relabels them. Ties (within 0.002) go to the most probable class (no thresholds) and to
+    the bounds nearest the previous default, 8 px / 0.2.
     """
     import warnings
 
@@ -243,18 +248,29 @@ def tune_object_filter(model: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             probabilities.append((segment(image, model, device="cpu").probabilities, truth))
-    results = {}
-    for min_size in FILTER_GRID["min_size"]:
-        for min_fraction in FILTER_GRID["min_fraction"]:
-            chosen = ObjectFilter(min_size, min_fraction)
-            c = real_data.counts((instance_labels(p, chosen), t) for p, t in probabilities)
-            results[(min_size, min_fraction)] = real_data.ap_f1(c)[0]
-    top = max(results.values())
-    best = min((k for k, v in results.items() if v >= top - 0.002), key=lambda k: (abs(k[0] - 8), abs(k[1] - 0.2)))
-    report = {"images": len(pairs), "grid": FILTER_GRID,
-              "ap@0.5": {f"{k[0]}/{k[1]}": round(v, 4) for k, v in results.items()},
-              "chosen": {"min_size": best[0], "min_fraction": best[1]}}
-    return ObjectFilter(*best), report
+
+    def score(chosen: ObjectFilter) -> float:
+        return real_data.ap_f1(real_data.counts((instance_labels(p, chosen), t) for p, t in probabilities))[0]
+
+    def best(results: dict[tuple, float], distance: Any) -> tuple:
+        top = max(results.values())
+        return min((k for k, v in results.items() if v >= top - 0.002), key=distance)
+
+    thresholds = {(fg, seed): score(ObjectFilter(foreground=fg, seed=seed))
+                  for fg in THRESHOLD_GRID["foreground"] for seed in THRESHOLD_GRID["seed"]}
+    fg, seed = best(thresholds, lambda k: ((k[0] is not None) + (k[1] is not None), k[0] or 0, k[1] or 0))
+    sizes = {(min_size, min_fraction): score(ObjectFilter(min_size, min_fraction, fg, seed))
+             for min_size in FILTER_GRID["min_size"] for min_fraction in FILTER_GRID["min_fraction"]}
+    min_size, min_fraction = best(sizes, lambda k: (abs(k[0] - 8), abs(k[1] - 0.2)))
+    chosen = ObjectFilter(min_size, min_fraction, fg, seed)
+    report = {"images": len(pairs),
+              "thresholds": {"grid": THRESHOLD_GRID,
+                             "ap@0.5 (foreground/seed, None = most probable class)":
+                                 {f"{k[0]}/{k[1]}": round(v, 4) for k, v in thresholds.items()}},
+              "grid": FILTER_GRID,
+              "ap@0.5": {f"{k[0]}/{k[1]}": round(v, 4) for k, v in sizes.items()},
+              "chosen": chosen.to_dict()}
+    return chosen, report
 
 
 def empty_samples(count: int, size: int, seed: int) -> list[Any]:
@@ -520,8 +536,8 @@ def finish(args: argparse.Namespace, facts: dict[str, Any], threads: int) -> Non
     if real is not None:
         counts = ", ".join(f"{n} {m}" for m, n in real["images"].items())
         training_data = (f"the train split ({counts} images; {dsb2018.SPLIT_RULE}) of the {dsb2018.NAME}, "
-                         f"licence {dsb2018.LICENCE}, {dsb2018.CITATION}; colour images converted to grey "
-                         "(luminance); each image as recorded and once resampled at a random scale "
+                         f"licence {dsb2018.LICENCE}, {dsb2018.CITATION}; colour images converted to one "
+                         "channel as segment converts them (optical density); each image as recorded and once resampled at a random scale "
                          f"({settings['scale_range'][0]}-{settings['scale_range'][1]}x, median nucleus kept within "
                          f"{settings['diameter_range'][0]:g}-{settings['diameter_range'][1]:g} px); and {generated}")
     else:

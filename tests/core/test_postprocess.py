@@ -208,3 +208,45 @@ def test_the_size_bound_follows_the_median_object():
     assert objects.keep(np.array([], dtype=np.int64)).shape == (0,)
     with pytest.raises(ValueError, match="min_fraction"):
         ObjectFilter(min_fraction=1.5)
+
+
+def haloed_probabilities(labels, halo=4):
+    """Probabilities of a model that overstates the faint surroundings of its objects: around each object a
+    band of ``halo`` pixels where boundary narrowly beats background (0.5 against 0.45)."""
+    from scipy import ndimage
+
+    probabilities = probabilities_from(labels)
+
+    band = ndimage.binary_dilation(labels > 0, iterations=halo) & (labels == 0)
+    probabilities[:, band] = np.array([0.45, 0.05, 0.5], np.float32)[:, None]
+    return probabilities
+
+
+def test_foreground_and_seed_thresholds_keep_objects_out_of_their_halo():
+    truth = scene_2d()
+    probabilities = haloed_probabilities(truth)
+    swollen = instance_labels(probabilities)  # the most probable class: the halo joins the objects
+    assert (swollen > 0).sum() > 1.3 * (truth > 0).sum()
+    strict = ObjectFilter(foreground=0.3, seed=0.4)
+    tight = instance_labels(probabilities, strict)
+    assert same_partition(tight, instance_labels(probabilities_from(truth), strict))  # as if there were no halo
+    assert abs((tight > 0).sum() / (truth > 0).sum() - 1) < 0.05
+    for tile in (40, 64):  # block by block alike, however the image is cut
+        blockwise, _, _ = label_blockwise(probabilities, tile, object_filter=strict)
+        assert same_partition(blockwise, tight)
+
+
+def test_default_thresholds_are_the_most_probable_class():
+    probabilities = np.random.default_rng(3).dirichlet((1, 1, 1), size=(40, 50)).transpose(2, 0, 1)
+    classes = ObjectFilter().classes(probabilities.astype(np.float32))
+    argmax = np.argmax(probabilities, axis=0)
+    np.testing.assert_array_equal(classes == 1, argmax == 1)
+    np.testing.assert_array_equal(classes > 0, argmax > 0)
+
+
+def test_thresholds_round_trip_and_stay_out_of_configs_that_do_not_set_them():
+    assert ObjectFilter().to_dict() == {"min_size": 8, "min_fraction": 0.2}  # older versions read it as before
+    chosen = ObjectFilter(16, 0.1, foreground=0.3, seed=0.45)
+    assert ObjectFilter.from_dict(chosen.to_dict()) == chosen
+    with pytest.raises(ValueError, match="foreground threshold"):
+        ObjectFilter(foreground=1.5)

@@ -209,14 +209,13 @@ def segment_stack_steps(plan: StackPlan, model: Any, *, device: Any, tile_shape:
     return (yield from run.steps())
 
 
-def agree(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarray) -> None:
-    """Keep in ``interior`` and ``foreground`` only the voxels one pass's (3, ...) probabilities give that class.
-
-    The classes are those of ``np.argmax`` (ties to the lower class), without its int64 array.
-    """
-    background, inside, boundary = probabilities
-    interior &= (inside > background) & (inside >= boundary)
-    foreground &= (inside > background) | (boundary > background)
+def agree(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarray,
+          objects: ObjectFilter = ObjectFilter()) -> None:
+    """Keep in ``interior`` and ``foreground`` only the voxels one pass's (3, ...) probabilities give that class,
+    as ``objects`` decides classes in 2D (by default those of ``np.argmax``, without its int64 array)."""
+    mask = objects.foreground_mask(probabilities)
+    interior &= objects.seed_mask(probabilities, mask)
+    foreground &= mask
 
 
 def label_volume(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarray,
@@ -355,7 +354,7 @@ class _StackRun:
             for key in ("setup", "read", "network"):
                 self.timings[key] += run.timings[key]
             self.messages += [m for m in run.messages if m not in self.messages and (k == 0 or "constant" not in m)]
-            agree(summed if k == 0 else current, interior, foreground)
+            agree(summed if k == 0 else current, interior, foreground, self.model.config.object_filter)
             if k:
                 summed += current
         raise_if_cancelled(self.cancel)
