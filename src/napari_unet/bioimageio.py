@@ -637,8 +637,12 @@ def _readme(model: Any, citations: list[dict[str, str]], smallest: int, step: in
               "for a one-class model), one channel per class: " + ", ".join(config.classes) + ".", ""]
     if config.task == "instance":
         flt = config.object_filter
+        foreground = ("P(background) < " + f"{flt.foreground:g}" if flt.foreground is not None
+                      else "background is not the most probable class")
+        seeds = (f"P(interior) > {flt.seed:g}" if flt.seed is not None else "interior is the most probable class")
         lines += ["To get one label per object, as napari-unet does:", "",
-                  "1. class of every pixel = the most probable class (0 background, 1 interior, 2 boundary);",
+                  f"1. foreground (classes > 0) = the pixels where {foreground}; interior = the foreground pixels "
+                  f"where {seeds};",
                   "2. seeds = the connected components of the interior pixels (face connectivity);",
                   "3. grow the seeds over interior and boundary pixels by a seeded watershed on 1 - P(interior) "
                   "(`skimage.segmentation.watershed(1 - p[1], seeds, mask=classes > 0, connectivity=1)`);",

@@ -242,3 +242,13 @@ def test_foreign_damaged_and_non_packages_are_refused_clearly(instance_package, 
     (tmp_path / "text.zip").write_text("not a zip")
     with pytest.raises(ModelFileError, match="not a readable zip"):
         load_model(tmp_path / "text.zip")
+
+
+def test_description_gives_the_models_foreground_and_seed_thresholds():
+    from napari_unet.bioimageio import _readme
+    from napari_unet.core.postprocess import ObjectFilter
+
+    plain = _readme(_tiny(), [], 16, 4, 4, 0)
+    assert "background is not the most probable class" in plain and "interior is the most probable class" in plain
+    tuned = _readme(_tiny(object_filter=ObjectFilter(12, 0.1, foreground=0.3, seed=0.45)), [], 16, 4, 4, 0)
+    assert "P(background) < 0.3" in tuned and "P(interior) > 0.45" in tuned and "smaller than 12 pixels" in tuned
