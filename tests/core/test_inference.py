@@ -411,3 +411,16 @@ def test_bfloat16_on_a_cpu_without_it_warns_that_it_is_slower(native, monkeypatc
         assert len(slower) == 1 and "bfloat16" in str(slower[0].message) and "float32" in str(slower[0].message)
     segment(image, random_model(), device="cpu", precision="auto")
     assert len([w for w in recwarn if "slower" in str(w.message)]) == len(slower), "only when asked for"
+
+
+def test_tiles_shrink_by_about_half_their_longest_side_until_they_cannot():
+    from napari_unet.core.runner import smaller_tile_shape
+
+    config = UNetConfig(spatial_dims=2, depth=2, padding="same")
+    smaller = smaller_tile_shape(config, (512, 300), (256, 128))
+    assert smaller is not None and smaller[1] == 128 and 128 <= smaller[0] < 256 and smaller[0] % 4 == 0
+    sizes = [(256, 128)]
+    while (next_size := smaller_tile_shape(config, (512, 300), sizes[-1])) is not None:
+        assert max(next_size) <= max(sizes[-1]) and next_size != sizes[-1]
+        sizes.append(next_size)
+    assert len(sizes) > 2 and max(sizes[-1]) <= 64  # shrinks step by step down to the smallest tiles

@@ -38,6 +38,7 @@ from napari_unet.core.runner import (
     Network,
     auto_batch_size,
     auto_tile_shape,
+    smaller_tile_shape,
     is_out_of_memory,
     physical_memory,
 )
@@ -344,7 +345,7 @@ class _Run:
         if attempted > 1:
             self.batch = max(1, attempted // 2)
             return f"out of memory on {where} with {attempted} tiles per batch; retrying with {self.batch} tiles per batch", False
-        smaller = self._smaller_tiles()
+        smaller = smaller_tile_shape(self.net_config, self.layout.spatial_shape, self.plan.tile_shape, self.overlap)
         if smaller is not None:
             self.tiles = smaller
             return f"out of memory on {where} with one tile per batch; retrying with tiles of {smaller}", True
@@ -356,21 +357,6 @@ class _Run:
             return f"out of memory on {where} even with small tiles; continuing on the CPU", True
         raise MemoryError(f"not enough memory to segment even with one tile of {self.plan.tile_shape} per batch; "
                           f"close other programs or use a smaller model ({failure})")
-
-    def _smaller_tiles(self) -> tuple[int, ...] | None:
-        """About half the longest side of the tiles in use, if the network can still be tiled that way."""
-        current = list(self.plan.tile_shape)
-        axis = int(np.argmax(current))
-        step = 2**self.net_config.depth
-        for size in range(current[axis] // 2, current[axis], step):
-            tiles = current[:axis] + [size] + current[axis + 1:]
-            try:
-                plan = plan_tiles(self.net_config, self.layout.spatial_shape, tiles, self.overlap)
-            except InvalidInputError:
-                continue
-            if np.prod(plan.tile_shape) < np.prod(self.plan.tile_shape):
-                return tuple(tiles)
-        return None
 
     def _auto_tiles(self) -> tuple[int, ...]:
         return auto_tile_shape(self.net_config, self.layout.spatial_shape, self.network.device, self.network.half,

@@ -3,8 +3,9 @@
 :class:`Network` wraps a private copy of the caller's network prepared for inference (eval mode, batch-norm
 folded into the preceding convolution, channels-last weights, moved to the device), so nothing the caller holds
 changes. It takes a numpy batch and returns numpy class probabilities, optionally averaged over flips (test-time
-augmentation). :func:`auto_tile_shape` and :func:`auto_batch_size` choose sizes from the memory available:
-free GPU memory on CUDA, a fixed budget on the CPU, where large tiles also fall out of cache.
+augmentation). Tile sizing lives here alone: :func:`auto_tile_shape` and :func:`auto_batch_size` choose sizes
+from the memory available (free GPU memory on CUDA, a fixed budget on the CPU, where large tiles also fall out
+of cache), and :func:`smaller_tile_shape` shrinks tiles after an out-of-memory failure.
 """
 from __future__ import annotations
 
@@ -217,6 +218,27 @@ def auto_tile_shape(config: UNetConfig, shape: Sequence[int], device: torch.devi
         if best is None or key < best[0]:
             best = (key, tuple(cap for _, (_, cap) in combo))
     return best[1]
+
+
+def smaller_tile_shape(config: UNetConfig, shape: Sequence[int], tile_shape: Sequence[int],
+                       overlap: int | None = None) -> tuple[int, ...] | None:
+    """Tiles that need less memory than ``tile_shape`` after an out-of-memory failure: about half its longest
+    side, if a plane of ``shape`` can still be tiled that way; None when it cannot shrink."""
+    from napari_unet.core.errors import InvalidInputError
+    from napari_unet.core.tiling import plan_tiles
+
+    current = list(tile_shape)
+    axis = int(np.argmax(current))
+    step = 2**config.depth
+    for size in range(current[axis] // 2, current[axis], step):
+        tiles = current[:axis] + [size] + current[axis + 1:]
+        try:
+            plan = plan_tiles(config, shape, tiles, overlap)
+        except InvalidInputError:
+            continue
+        if np.prod(plan.tile_shape) < np.prod(tile_shape):
+            return tuple(tiles)
+    return None
 
 
 def _device_budget(device: torch.device) -> int:
