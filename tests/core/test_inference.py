@@ -424,3 +424,15 @@ def test_tiles_shrink_by_about_half_their_longest_side_until_they_cannot():
         assert max(next_size) <= max(sizes[-1]) and next_size != sizes[-1]
         sizes.append(next_size)
     assert len(sizes) > 2 and max(sizes[-1]) <= 64  # shrinks step by step down to the smallest tiles
+
+
+def test_the_api_says_what_model_and_cancel_take():
+    import threading
+    import typing
+
+    from napari_unet.core.training import finetune
+
+    for function in (segment, segment_steps, finetune):
+        hints = typing.get_type_hints(function)
+        assert hints["model"] is Model
+        assert set(typing.get_args(hints["cancel"])) >= {CancelToken, threading.Event, type(None)}

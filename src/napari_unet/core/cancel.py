@@ -7,7 +7,8 @@ within one tile batch or one step and leaves no half-finished state behind.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Union
 
 from napari_unet.core.errors import Cancelled
 
@@ -29,7 +30,11 @@ class CancelToken:
         return f"CancelToken(cancelled={self.cancelled})"
 
 
-def is_cancelled(token: Any) -> bool:
+CancelLike = Union[CancelToken, threading.Event, Callable[[], bool], None]
+"""What the API's ``cancel=`` takes: a :class:`CancelToken`, a ``threading.Event``, a callable, or None."""
+
+
+def is_cancelled(token: CancelLike) -> bool:
     """True if ``token`` asks to stop. Accepts None, a CancelToken, a threading.Event or a callable."""
     if token is None:
         return False
@@ -42,7 +47,7 @@ def is_cancelled(token: Any) -> bool:
     raise TypeError(f"cancel must be a CancelToken, threading.Event or callable, not {type(token).__name__}")
 
 
-def raise_if_cancelled(token: Any) -> None:
+def raise_if_cancelled(token: CancelLike) -> None:
     """Raise :class:`Cancelled` if ``token`` is set; call this between tiles or steps."""
     if is_cancelled(token):
         raise Cancelled("cancelled by the user")

@@ -27,20 +27,21 @@ import torch
 
 from napari_unet.core import sizing
 from napari_unet.core.axes import Layout, resolve_axes
-from napari_unet.core.cancel import raise_if_cancelled
+from napari_unet.core.cancel import CancelLike, raise_if_cancelled
 from napari_unet.core.colour import grey_for_model
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.memory import in_memory_limit
+from napari_unet.core.models import Model
 from napari_unet.core.postprocess import InstanceLabeller, Region, SemanticLabeller, clear, fill
 from napari_unet.core.runner import (
     PRECISIONS,
     Network,
     auto_batch_size,
     auto_tile_shape,
-    smaller_tile_shape,
     is_out_of_memory,
     physical_memory,
+    smaller_tile_shape,
 )
 from napari_unet.core.tiling import TilePlan, boundary_margin, plan_tiles, read_tile
 
@@ -81,9 +82,9 @@ class SegmentResult:
     messages: list[str] = field(default_factory=list)  # what a user should know (fallbacks, bad pixels)
 
 
-def segment(image: Any, model: Any, axes: str | None = None, device: str | torch.device = "auto",
+def segment(image: Any, model: Model, axes: str | None = None, device: str | torch.device = "auto",
             tile_shape: int | Sequence[int] | None = None, overlap: int | None = None,
-            batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: Any = None, *,
+            batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: CancelLike = None, *,
             out: Any = None, tta: bool = False, precision: str = "auto", probabilities: bool | Any = True,
             keep_partial: bool = False, scale: Sequence[float] | None = None,
             stack: str | None = None, diameter: float | None = None) -> SegmentResult:
@@ -98,9 +99,9 @@ def segment(image: Any, model: Any, axes: str | None = None, device: str | torch
             return stop.value
 
 
-def segment_steps(image: Any, model: Any, axes: str | None = None, device: str | torch.device = "auto",
+def segment_steps(image: Any, model: Model, axes: str | None = None, device: str | torch.device = "auto",
                   tile_shape: int | Sequence[int] | None = None, overlap: int | None = None,
-                  batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: Any = None, *,
+                  batch_size: int | None = None, progress: ProgressCallback | None = None, cancel: CancelLike = None, *,
                   out: Any = None, tta: bool = False, precision: str = "auto", probabilities: bool | Any = True,
                   keep_partial: bool = False, scale: Sequence[float] | None = None,
                   stack: str | None = None, diameter: float | None = None

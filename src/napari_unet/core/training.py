@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from napari_unet.core.augment import NO_AUGMENTATION, Augmentation
-from napari_unet.core.cancel import is_cancelled
+from napari_unet.core.cancel import CancelLike, is_cancelled
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.holdout import validate
@@ -84,7 +84,7 @@ class TrainProgress:
 
 def finetune(
     model: Model, samples: Sequence[Sample], time_budget_s: float | None = 60.0, steps: int | None = None,
-    device: str | torch.device = "auto", progress: Progress | None = None, cancel: Any = None, seed: int = 0,
+    device: str | torch.device = "auto", progress: Progress | None = None, cancel: CancelLike = None, seed: int = 0,
     *, learning_rate: float | None = None, new_kind: bool | None = None, from_scratch: bool = False,
     batch_size: int = 4, patch_shape: int | Sequence[int] | None = None,
     validation_fraction: float = 0.2, augment: bool | Augmentation = True,
@@ -108,7 +108,7 @@ def finetune(
 
 def finetune_steps(
     model: Model, samples: Sequence[Sample], time_budget_s: float | None = 60.0, steps: int | None = None,
-    device: str | torch.device = "auto", progress: Progress | None = None, cancel: Any = None, seed: int = 0,
+    device: str | torch.device = "auto", progress: Progress | None = None, cancel: CancelLike = None, seed: int = 0,
     *, learning_rate: float | None = None, new_kind: bool | None = None, from_scratch: bool = False,
     batch_size: int = 4, patch_shape: int | Sequence[int] | None = None,
     validation_fraction: float = 0.2, augment: bool | Augmentation = True,
