@@ -26,6 +26,7 @@ def test_every_python_name_imports():
     assert {c.python_name for c in commands} >= {
         "napari_unet.widgets.segment_widget:SegmentWidget",
         "napari_unet.widgets.finetune_widget:FinetuneWidget",
+        "napari_unet.widgets.export_widget:ExportWidget",
         "napari_unet._reader:get_reader",
         "napari_unet._sample_data:nuclei_2d",
         "napari_unet._sample_data:nuclei_3d",
