@@ -1,10 +1,11 @@
-"""``napari-unet finetune`` on TIFF files: trains, prints progress, saves a new version; bad input exits 2."""
+"""``napari-unet finetune`` on image files: trains, prints progress, saves a new version; bad input exits 2."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 
 from napari_unet.cli import main
 from napari_unet.cli.finetune import guess_axes
@@ -132,3 +133,30 @@ def test_a_run_without_a_completed_step_saves_nothing(files, capsys, monkeypatch
                  str(files["labels0"]), "--time", "1"])
     assert code == 2 and "nothing was saved" in capsys.readouterr().err
     assert not (library.library_dir() / "nuclei-v2").exists()
+
+
+def test_zarr_images_labels_and_masks(files, tmp_path, capsys, monkeypatch):
+    from napari_unet.core import training
+
+    image_path, labels_path, mask_path = (tmp_path / name for name in ("image.zarr", "labels.ome.zarr", "mask.zarr"))
+    zarr.create_array(str(image_path), data=tifffile.imread(files["image0"]), chunks=(16, 16))
+    group = zarr.open_group(str(labels_path), mode="w")
+    group.create_array("0", data=tifffile.imread(files["labels0"]))
+    group.attrs["multiscales"] = [{"axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                                   "datasets": [{"path": "0"}]}]
+    zarr.create_array(str(mask_path), data=tifffile.imread(files["mask"]))
+    images = []
+    real = training.finetune
+
+    def spy(model, samples, **kwargs):
+        images.extend(samples)
+        return real(model, samples, **kwargs)
+
+    monkeypatch.setattr(training, "finetune", spy)
+    code = main(["finetune", "--model", "nuclei", "--image", str(image_path), "--labels", str(labels_path),
+                 "--mask", str(mask_path), "--steps", "2", "--batch-size", "2", "--output", "from-zarr"])
+    assert code == 0, capsys.readouterr().err
+    assert "pair 1: image.zarr (48, 48) axes YX, labels labels.ome.zarr" in capsys.readouterr().out
+    assert isinstance(images[0].image, zarr.Array), "the image is read where training needs it, not whole"
+    (_, annotated, _), = read_annotations(load_model("from-zarr"))
+    assert annotated[:, :30].all() and not annotated[:, 30:].any()

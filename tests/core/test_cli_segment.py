@@ -150,3 +150,45 @@ def test_diameter_resamples_a_tiff_to_the_model_object_size(tmp_path, capsys):
                  "--diameter", "20"]) == 0
     assert tifffile.imread(target).shape == (60, 80)
     assert "resampled by 0.50 to the model's 10 px" in capsys.readouterr().err
+
+
+@pytest.fixture
+def segment_calls(monkeypatch):
+    """The ``scale`` each ``segment`` call of the command gets (the real segment still runs)."""
+    import napari_unet.core.inference as inference
+
+    scales = []
+
+    def spy(*args, **kwargs):
+        scales.append(kwargs.get("scale"))
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "segment", spy)
+    return scales
+
+
+def test_the_voxel_size_of_an_imagej_tiff_is_used_and_scale_overrides_it(tmp_path, model, capsys, segment_calls):
+    stack = (np.random.default_rng(3).random((4, 24, 28)) * 4000).astype(np.uint16)
+    source, target = tmp_path / "stack.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(source, stack, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "--device", "cpu"]) == 0
+    assert segment_calls == [pytest.approx((2.0, 0.5, 0.5))]
+    err = capsys.readouterr().err
+    assert "voxel size Z 2 um, Y 0.5 um, X 0.5 um from the ImageJ metadata of stack.tif" in err, err
+    torch.set_num_threads(1)
+    expected = segment(stack, model, axes="ZYX", device="cpu", scale=(2.0, 0.5, 0.5)).labels
+    np.testing.assert_array_equal(tifffile.imread(target), expected)
+
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "--device", "cpu", "--overwrite",
+                 "--scale", "1", "1", "1"]) == 0
+    assert segment_calls[-1] == [1.0, 1.0, 1.0]
+    assert "metadata" not in capsys.readouterr().err
+
+
+def test_a_tiff_without_sizes_is_taken_as_isotropic(tmp_path, model, image, segment_calls, capsys):
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, image, metadata={"axes": "ZYX"})
+    assert main(["segment", str(source), "-o", str(tmp_path / "labels.npy"), "--model", "tiny", "-q"]) == 0
+    assert segment_calls == [None]
+    assert capsys.readouterr().err == ""

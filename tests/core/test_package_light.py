@@ -26,6 +26,7 @@ def _loaded_after(statement: str) -> list[str]:
     "import napari_unet",
     "import napari_unet._reader",
     "import napari_unet._sample_data",
+    "import napari_unet.core.io",
 ])
 def test_import_is_light(statement):
     assert _loaded_after(statement) == []
@@ -35,6 +36,16 @@ def test_reader_finds_files_without_heavy_imports(tmp_path):
     path = tmp_path / "x.tif"
     path.write_bytes(b"II*\x00")
     assert _loaded_after(f"from napari_unet._reader import get_reader; assert get_reader({str(path)!r})") == []
+
+
+def test_reading_an_image_file_is_torch_free(tmp_path):
+    import numpy as np
+    import tifffile
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 16, 16), np.uint8), imagej=True, metadata={"spacing": 2.0, "axes": "ZYX"})
+    statement = f"from napari_unet.core.io import read_image; assert read_image({str(path)!r}).axes == 'ZYX'"
+    assert _loaded_after(statement) == []
 
 
 def test_opening_the_widgets_module_does_not_import_torch():

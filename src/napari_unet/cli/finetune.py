@@ -3,7 +3,9 @@
     napari-unet finetune --model nuclei --image a.tif --labels a_labels.tif [--mask a_mask.tif] \\
         [--image b.tif --labels b_labels.tif ...] --time 60 [--steps N] [--output NAME]
 
-Images, labels and masks are TIFF (``.tif``/``.tiff``) or NumPy (``.npy``) files, paired in the order given.
+Images, labels and masks are TIFF (``.tif``/``.tiff``), NumPy (``.npy``) or zarr (a zarr array or an OME-Zarr
+image) files, paired in the order given and opened by :mod:`napari_unet.core.io`: images stay lazy, so only the
+annotated planes of a large stack are read.
 The result is saved into the user's library as the next version of the model (``nuclei-v2``...), or under
 ``--output``; the starting model is left as it was.
 """
@@ -54,22 +56,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def read_array(path: Path) -> Any:
-    """An image, labels or mask file as a numpy array (memory-mapped where the format allows)."""
-    from napari_unet.core.errors import InvalidInputError
+def _read_pair(image_path: Path, labels_path: Path, mask_path: Path | None) -> tuple[Any, Any, Any]:
+    """An image (lazy), its labels and its annotated area (read whole: training copies them anyway)."""
+    import numpy as np
 
-    if not path.is_file():
-        raise InvalidInputError(f"{path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
+    from napari_unet.core.io import read_image
 
-        return tifffile.imread(path)
-    if suffix == ".npy":
-        import numpy as np
-
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use .tif, .tiff or .npy")
+    image, labels = read_image(image_path).data, read_image(labels_path).data
+    mask = None if mask_path is None else np.asarray(read_image(mask_path).data) != 0
+    return image, labels, mask
 
 
 def guess_axes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], model_axes: str,
@@ -112,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     samples = []
     for index, (image_path, labels_path) in enumerate(zip(args.image, args.labels)):
-        image, labels = read_array(image_path), read_array(labels_path)
-        mask = read_array(args.mask[index]) != 0 if args.mask else None
+        image, labels, mask = _read_pair(image_path, labels_path, args.mask[index] if args.mask else None)
         axes = args.axes or guess_axes(image.shape, labels.shape, model.config.axes, model.config.in_channels)
         samples.append(Sample(image, labels, mask, axes))
         print(f"pair {index + 1}: {image_path.name} {tuple(image.shape)} axes {axes}, labels {labels_path.name}")

@@ -5,8 +5,10 @@
         [--probabilities PATH]
 
 INPUT is a TIFF (``.tif``/``.tiff``), a zarr folder (a plain array or an OME-Zarr image, whose first
-resolution is used) or a NumPy ``.npy`` file; all are read lazily, tile by tile, so images larger than memory
-work. OUTPUT ending in ``.zarr`` is written tile by tile (use it for large images); ``.tif``/``.tiff`` and
+resolution is used) or a NumPy ``.npy`` file, opened by :mod:`napari_unet.core.io`; all are read lazily, tile
+by tile, so images larger than memory work. The axes and, unless ``--scale`` is given, the voxel size come from
+the file's metadata where it records them (OME, ImageJ, OME-Zarr); a coarse Z is then resampled for 3D objects.
+OUTPUT ending in ``.zarr`` is written tile by tile (use it for large images); ``.tif``/``.tiff`` and
 ``.npy`` outputs are assembled in memory first. Existing outputs are only replaced with ``--overwrite``.
 """
 from __future__ import annotations
@@ -19,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-_TIFF_LETTERS = {"T": "T", "Z": "Z", "C": "C", "S": "C", "Y": "Y", "X": "X", "I": "Z", "Q": "Z"}
 _ZARR_CHUNK = 1024  # chunk edge of zarr outputs along Y and X
 
 
@@ -47,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="arithmetic precision (default: auto)")
     parser.add_argument("--scale", type=float, nargs="+", default=None, metavar="SIZE",
                         help="pixel size per spatial axis in the image's order, e.g. --scale 2 0.5 0.5 for ZYX; "
-                        "a coarser Z is resampled to the pixel size for 3D objects (default: isotropic)")
+                        "a coarser Z is resampled to the pixel size for 3D objects (default: the voxel size the file's "
+                        "OME or ImageJ metadata records, else isotropic)")
     parser.add_argument("--diameter", type=float, default=None, metavar="PX",
                         help="typical object diameter in pixels; the image is resampled to the model's object size "
                         "(default: measured from a first pass)")
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.errors import InvalidInputError
     from napari_unet.core.inference import segment
+    from napari_unet.core.io import read_image
     from napari_unet.core.models import load_model
 
     outputs = [p for p in (args.output, args.probabilities) if p is not None]
@@ -72,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
         _check_output_path(path, args.overwrite)
     if args.probabilities is not None and args.probabilities.resolve() == args.output.resolve():
         raise InvalidInputError("--probabilities must name a different file than --output")
-    image, file_axes = read_image(args.input)
+    source = read_image(args.input)
+    image = source.data
     model = load_model(args.model)
-    axes = args.axes or file_axes
+    axes = args.axes or source.axes
     configure_cpu_threads(interactive=False)
     tile = None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile))
 
@@ -83,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     spatial_dims = model.config.network.spatial_dims
     axes = resolve_axes(axes, image.shape, spatial_dims=spatial_dims, in_channels=model.config.in_channels)
     layout = Layout.create(axes, image.shape, model.config.axes)
+    scale = args.scale if args.scale is not None else _file_scale(source, axes, args.quiet)
     created: list[Path] = []
     try:
         out = _zarr_output(args.output, layout.output_shape, "int32", args.overwrite, created)
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         result = segment(image, model, axes=axes, device=args.device, tile_shape=tile, overlap=args.overlap,
                          batch_size=args.batch, progress=None if args.quiet else _Progress(),
                          out=out, tta=args.tta, precision=args.precision, probabilities=probabilities,
-                         scale=args.scale, stack=args.stack, diameter=args.diameter)
+                         scale=scale, stack=args.stack, diameter=args.diameter)
         if out is None:
             _write_array(args.output, result.labels, result.labels_axes, args.overwrite, created)
         if args.probabilities is not None and probabilities is True:
@@ -132,62 +137,17 @@ class _Progress:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_image(path: Path) -> tuple[Any, str | None]:
-    """A lazily read image and its axes from the file's metadata (None where it has none)."""
-    from napari_unet.core.errors import InvalidInputError
-
-    if path.is_dir():
-        return _read_zarr(path)
-    if not path.is_file():
-        raise InvalidInputError(f"{path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        return _read_tiff(path)
-    if suffix == ".npy":
-        import numpy as np
-
-        return np.load(path, mmap_mode="r", allow_pickle=False), None
-    raise InvalidInputError(f"{path}: unsupported image type {suffix!r}; use .tif, .tiff, .npy or a zarr folder")
-
-
-def _read_tiff(path: Path) -> tuple[Any, str | None]:
-    import tifffile
-    import zarr
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        letters = "".join(_TIFF_LETTERS.get(a, "?") for a in series.axes)
-        multiscale = len(series.levels) > 1
-    node = zarr.open(tifffile.imread(path, aszarr=True, series=0), mode="r")
-    array = node["0"] if multiscale else node
-    return array, letters if len(set(letters)) == len(letters) and "?" not in letters else None
-
-
-def _read_zarr(path: Path) -> tuple[Any, str | None]:
-    import zarr
-
-    from napari_unet.core.errors import InvalidInputError
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except (ValueError, OSError):  # zarr says "not found" for a folder that holds no zarr node
-        raise InvalidInputError(f"{path} is a folder but not a zarr array or group (it holds no readable zarr "
-                                "metadata); give a zarr folder, or a .tif, .tiff or .npy file") from None
-    if isinstance(node, zarr.Array):
-        return node, None
-    attrs = dict(node.attrs)
-    multiscales = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
-    if multiscales:
-        meta = multiscales[0]
-        array = node[meta["datasets"][0]["path"]]
-        names = [(a.get("name") if isinstance(a, dict) else str(a)).upper() for a in meta.get("axes", [])]
-        axes = "".join(names)
-        ok = len(axes) == array.ndim and set(axes) <= set("TZCYX") and len(set(axes)) == len(axes)
-        return array, axes if ok else None
-    arrays = [array for _, array in node.arrays() if array.ndim >= 2]
-    if len(arrays) != 1:
-        raise InvalidInputError(f"{path} is a zarr group with {len(arrays)} image arrays; pass the folder of one")
-    return arrays[0], None
+def _file_scale(source: Any, axes: str, quiet: bool) -> tuple[float, ...] | None:
+    """The voxel size the file records for the image's spatial axes, or None; said on stderr when used, since
+    it decides how a z-stack's Z is treated and ``--scale`` overrides it."""
+    scale = source.voxel_size(axes)
+    if scale is not None and not quiet:
+        spatial = [i for i, letter in enumerate(axes) if letter in "ZYX"]
+        sizes = ", ".join(f"{axes[i]} {source.scale[i]:g} {source.units[i] or ''}".rstrip() for i in spatial)
+        kind = "voxel" if "Z" in axes else "pixel"
+        print(f"{kind} size {sizes} from the {source.metadata} metadata of {source.path.name} (--scale overrides "
+              "it)", file=sys.stderr)
+    return scale
 
 
 def _check_output_path(path: Path, overwrite: bool) -> None:
@@ -232,7 +192,8 @@ def _write_array(path: Path, data: Any, axes: str, overwrite: bool, created: lis
     import tifffile
 
     data = np.asarray(data)
-    tifffile.imwrite(path, data, bigtiff=data.nbytes > 2**31, compression="zlib", metadata={"axes": axes})
+    tifffile.imwrite(path, data, bigtiff=data.nbytes > 2**31, compression="zlib", photometric="minisblack",
+                     metadata={"axes": axes})  # never colour: a stack of 3 or 4 planes is not RGB(A)
 
 
 def _remove(path: Path) -> None:
