@@ -147,16 +147,17 @@ def finetune_in_worker(model_path: Path, samples: list[Any], cancel: Any, option
     return path, {**(best[-1] if best else {}), "improved": tuned.config.history[-1].get("improved")}
 
 
-def report_failure(outcome: Outcome, action: str) -> str:
+def report_failure(outcome: Outcome, action: str, message: str | None = None) -> str:
     """Show a failed run as napari's error notification, which carries the exception: its 'View Traceback'
     button shows where it failed (users of napari's installer have no console to read a traceback in). The
-    traceback also goes to stderr, for a napari started from a terminal. Returns the text shown."""
+    traceback also goes to stderr, for a napari started from a terminal. ``message`` replaces the generic
+    explanation where the caller knows better. Returns the text shown."""
     import sys
 
     from napari.utils.notifications import ErrorNotification, notification_manager
 
     error = outcome.error if outcome.error is not None else RuntimeError("unknown error")
-    message = explain(error, action, details="under 'View Traceback' in this notification")
+    message = message or explain(error, action, details="under 'View Traceback' in this notification")
     if outcome.details:
         print(outcome.details, file=sys.stderr)
     notification = ErrorNotification(error)

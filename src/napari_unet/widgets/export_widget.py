@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari.utils.notifications import ErrorNotification, notification_manager, show_error, show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -323,17 +323,11 @@ def _folder_problem(target: Path) -> str:
 def _report(outcome: Outcome, target: Path) -> str:
     """Show a failed export as an error notification (with its traceback); returns the text shown."""
     error = outcome.error
+    message = None
     if isinstance(error, ImportError):
         message = f"Export needs the optional bioimage.io packages ({error}). Install them with {INSTALL_HINT}."
     elif isinstance(error, OSError) and not isinstance(error, ValueError):
         reason = error.strerror or str(error)
         message = (f"Export failed: could not write {target} ({reason}). Nothing was written; choose another "
                    "folder, or free some disk space.")
-    else:
-        return report_failure(outcome, "Export")
-    if outcome.details:
-        print(outcome.details, file=sys.stderr)
-    notification = ErrorNotification(error)
-    notification.message = message
-    notification_manager.dispatch(notification)
-    return message
+    return report_failure(outcome, "Export", message)
