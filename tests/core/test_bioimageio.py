@@ -252,3 +252,19 @@ def test_description_gives_the_models_foreground_and_seed_thresholds():
     assert "background is not the most probable class" in plain and "interior is the most probable class" in plain
     tuned = _readme(_tiny(object_filter=ObjectFilter(12, 0.1, foreground=0.3, seed=0.45)), [], 16, 4, 4, 0)
     assert "P(background) < 0.3" in tuned and "P(interior) > 0.45" in tuned and "smaller than 12 pixels" in tuned
+
+
+def test_cli_export_reads_its_sample_as_segment_reads_images(tmp_path, one_thread, capsys, monkeypatch):
+    import zarr
+
+    monkeypatch.setenv("NAPARI_UNET_THREADS", "1")
+    folder = save_model(_tiny(), tmp_path / "tiny")
+    sample = np.random.default_rng(0).random((64, 72)).astype(np.float32)
+    zarr.save_array(str(tmp_path / "sample.zarr"), sample)
+    out = tmp_path / "tiny.zip"
+    assert main(["export", str(folder), str(out), "--sample", str(tmp_path / "sample.zarr")]) == 0
+    _, files = _read(out)
+    test_input = np.load(__import__("io").BytesIO(files["test_input.npy"]))
+    assert test_input.shape[-2:] == sample.shape  # the package's test input is the sample itself
+    assert main(["export", str(folder), str(tmp_path / "b.zip"), "--sample", str(tmp_path / "nothing.tif")]) == 2
+    assert "nothing.tif" in capsys.readouterr().err and not (tmp_path / "b.zip").exists()

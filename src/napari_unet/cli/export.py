@@ -1,6 +1,6 @@
 """``napari-unet export``: write a model as a bioimage.io package that other tools run.
 
-    napari-unet export MODEL OUTPUT.zip [--author NAME ...] [--license SPDX] [--sample IMAGE.npy|.tif]
+    napari-unet export MODEL OUTPUT.zip [--author NAME ...] [--license SPDX] [--sample IMAGE]
         [--check] [--overwrite]
 
 MODEL is a bundled or library model name, or a model folder. The package (format 0.5) holds the weights as a
@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="an author of the model (repeat for several; default: napari-unet contributors)")
     parser.add_argument("--license", default="BSD-3-Clause", help="SPDX licence id (default: BSD-3-Clause)")
     parser.add_argument("--sample", type=Path, default=None,
-                        help="test image (.npy or .tif) with the model's axes, channels first "
+                        help="test image (.tif, .npy or zarr) with the model's axes, channels first "
                         "(default: a generated nuclei image)")
     parser.add_argument("--check", action="store_true",
                         help="run bioimageio.core's test_model on the package afterwards")
@@ -36,15 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     sample = None
-    if args.sample is not None:
+    if args.sample is not None:  # read as segment reads images: TIFF, .npy or zarr, with clear errors
         import numpy as np
 
-        if args.sample.suffix.lower() == ".npy":
-            sample = np.load(args.sample, allow_pickle=False)
-        else:
-            import tifffile
+        from napari_unet.core.io import read_image
 
-            sample = tifffile.imread(args.sample)
+        sample = np.asarray(read_image(args.sample).data)
     try:
         from napari_unet.bioimageio import export_bioimageio
         from napari_unet.core.devices import configure_cpu_threads
