@@ -1,0 +1,221 @@
+"""Batch segmentation on a Dask cluster gives what ``segment`` gives in-process, survives bad files and dead
+workers, resumes, and leaves no half-written file behind.
+
+One two-worker ``LocalCluster`` (processes) serves the whole module; the model is a tiny U-Net saved to a
+temporary folder, the images are small synthetic nuclei.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+distributed = pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+from napari_unet import batch  # noqa: E402
+from napari_unet.core.inference import segment  # noqa: E402
+from napari_unet.core.models import Model, ModelConfig, load_model, save_model  # noqa: E402
+from napari_unet.core.unet import UNetConfig  # noqa: E402
+from napari_unet.synthetic import generate_nuclei  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _tiny() -> Model:
+    """A tiny U-Net with batch-norm statistics far from (0, 1), as the bioimage.io tests build it."""
+    network = UNetConfig(depth=2, base_features=4, padding="same", upsampling="bilinear", norm="batch",
+                         out_channels=3)
+    model = Model.from_config(ModelConfig(network, name="tiny", description="A tiny U-Net for tests."), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    for module in model.network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """The bundled nuclei model saved to a temporary folder: it finds real objects (a random network finds
+    one blob), many of which cross tile borders, which is what the merging across workers must get right."""
+    return save_model(load_model("nuclei"), tmp_path_factory.mktemp("models") / "nuclei-copy")
+
+
+def test_the_worker_cache_reloads_a_model_saved_again(tmp_path):
+    path = save_model(_tiny(), tmp_path / "tiny")
+    ref = batch._model_ref(path)
+    loads = batch._LOADS[0]
+    first = batch.worker_model(ref)
+    assert batch.worker_model(ref) is first and batch._LOADS[0] == loads + 1
+    save_model(_tiny(), path, overwrite=True)
+    assert batch.worker_model(ref) is not first and batch._LOADS[0] == loads + 2
+
+
+@pytest.fixture(scope="module")
+def model(model_path) -> Model:
+    return load_model(model_path)
+
+
+@pytest.fixture(scope="module")
+def client():
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the test module
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def _write_images(folder: Path, count: int, size: int = 128, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image, _ = generate_nuclei((size, size + 8 * i), seed=seed + i)
+        paths.append(folder / f"img{i}.tif")
+        tifffile.imwrite(paths[-1], image)
+    return paths
+
+
+def _same_objects(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to a renumbering of the ids (0 stays background)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def _partials(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob(f"*{batch.PARTIAL}")]
+
+
+def _in_process(path: Path, model: Model) -> np.ndarray:
+    return segment(tifffile.imread(path), model, axes="YX", device="cpu", probabilities=False).labels
+
+
+def _arm_crash() -> None:
+    """Make this worker process die the next time it would rename a finished output into place."""
+    from napari_unet import batch as remote
+
+    def crash(temporary, target):
+        os._exit(1)
+
+    remote._commit = crash
+
+
+def _arm_one_worker(client) -> str:
+    address = sorted(client.scheduler_info()["workers"])[0]
+    client.run(_arm_crash, workers=[address])
+    return address
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_many_files_equal_in_process_and_a_broken_file_is_reported(client, model, model_path, tmp_path):
+    images = _write_images(tmp_path / "in", 5)
+    broken = tmp_path / "in" / "broken.tif"
+    broken.write_bytes(b"not a tiff at all")
+    out = tmp_path / "labels"
+    done = []
+    report = batch.segment_many(sorted(tmp_path.glob("in/*.tif")), model_path, out, client=client, device="cpu",
+                                progress=lambda d, t, name: done.append((d, t)))
+    print(report)
+    rows = {Path(f.file).name: f for f in report.files}
+    assert rows["broken.tif"].error and "broken.tif" in rows["broken.tif"].error
+    assert [f.file for f in report.failed] == [str(broken)]
+    assert done[-1] == (6, 6)
+    for path in images:
+        row = rows[path.name]
+        assert row.error is None and row.status == "done", row.error
+        labels = tifffile.imread(out / path.name)
+        expected = _in_process(path, model)
+        assert _same_objects(labels, expected)
+        assert row.objects == expected.max() > 3
+    assert not (out / "broken.tif").exists()
+    assert _partials(tmp_path) == []
+    assert "broken.tif" in report.table() and "1 failed" in report.table()
+    loads = client.run(lambda: __import__("napari_unet.batch").batch._LOADS[0])
+    assert all(n <= 1 for n in loads.values()), loads  # once per worker, not once per file
+
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = batch.segment_many(sorted(tmp_path.glob("in/*.tif")), model_path, out, client=client, device="cpu")
+    assert [f.status for f in again.files if f.file != str(broken)] == ["skipped"] * len(images)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert again.failed[0].file == str(broken)  # a failed file is tried again on a rerun
+
+
+def test_a_worker_that_dies_mid_write_leaves_nothing_half_written(client, model, model_path, tmp_path):
+    images = _write_images(tmp_path / "in", 4, seed=10)
+    out = tmp_path / "labels"
+    armed = _arm_one_worker(client)
+    report = batch.segment_many(images, model_path, out, client=client, device="cpu", suffix=".npy")
+    assert armed not in client.scheduler_info()["workers"], "the armed worker never wrote: nothing was tested"
+    assert report.failed == [], report.table()
+    for path in images:
+        assert _same_objects(np.load(out / f"{path.stem}.npy"), _in_process(path, model))
+    assert _partials(tmp_path) == []
+    client.wait_for_workers(2, timeout=60)
+
+
+def _zarr_image(path: Path, size: int = 1024, chunk: int = 256) -> zarr.Array:
+    image, _ = generate_nuclei((size, size), seed=3)
+    array = zarr.open_array(str(path), mode="w", shape=image.shape, chunks=(chunk, chunk), dtype=image.dtype)
+    array[...] = image
+    return array
+
+
+def test_a_large_zarr_image_across_workers_equals_in_process(client, model, model_path, tmp_path):
+    image = _zarr_image(tmp_path / "big.zarr")
+    expected = segment(image, model, device="cpu", tile_shape=384, probabilities=False)
+    out = tmp_path / "labels.zarr"
+    result = batch.segment_large(image, model_path, out, client=client, device="cpu", tile_shape=384)
+    print(f"{result.tiles} tiles in {result.tasks} tasks: {result.timings}")
+    labels = zarr.open_array(str(out), mode="r")[...]
+    assert result.tasks > 1 and result.objects == expected.objects > 100
+    assert _same_objects(labels, expected.labels)
+    assert np.array_equal(labels, expected.labels)  # the same tiles in the same order: even the same ids
+    assert _partials(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr", "labels.zarr"]
+
+
+def test_a_large_image_survives_a_dead_worker(client, model, tmp_path):
+    image = _zarr_image(tmp_path / "big.zarr", size=512, chunk=128)
+    expected = segment(image, model, device="cpu", tile_shape=192)
+    armed = _arm_one_worker(client)
+    probabilities = zarr.open_array(str(tmp_path / "p.zarr"), mode="w", shape=(3, 512, 512), chunks=(3, 256, 256),
+                                    dtype="float32")
+    result = batch.segment_large(image, model, tmp_path / "labels.zarr", client=client, device="cpu",
+                                 tile_shape=192, tiles_per_task=2, probabilities=probabilities)
+    assert armed not in client.scheduler_info()["workers"], "the armed worker never wrote: nothing was tested"
+    assert result.tasks > 2 and np.array_equal(result.labels[...], expected.labels)
+    assert np.array_equal(probabilities[...], expected.probabilities)
+    assert _partials(tmp_path) == [] and not list(tmp_path.glob(".napari-unet-tiles-*"))
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_missing_distributed_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"pip install napari-unet\[batch\]") as info:
+        batch.require_distributed()
+    assert isinstance(info.value, ValueError)  # the command line reports it as a user error
+
+
+def test_importing_the_module_loads_neither_torch_nor_distributed():
+    import subprocess
+
+    code = ("import napari_unet, napari_unet.batch, sys; napari_unet.segment_many; "
+            "print([m for m in ('torch', 'distributed') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_outputs_that_would_collide_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="would both write"):
+        batch._plan_outputs([tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif"], tmp_path / "out", ".tif")
