@@ -36,6 +36,7 @@ _PUBLIC = {
     "VersionInfo": "napari_unet.core.versions",
     "UNetConfig": "napari_unet.core.unet",
     "export_bioimageio": "napari_unet.bioimageio",
+    "segment_many": "napari_unet.batch",
     "CancelToken": "napari_unet.core.cancel",
     "Cancelled": "napari_unet.core.errors",
     "InvalidInputError": "napari_unet.core.errors",
@@ -46,6 +47,7 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from napari_unet.batch import segment_many
     from napari_unet.bioimageio import export_bioimageio
     from napari_unet.core.cancel import CancelToken
     from napari_unet.core.errors import Cancelled, InvalidInputError, ModelExistsError, ModelFileError
