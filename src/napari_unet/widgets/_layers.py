@@ -45,11 +45,13 @@ def infer_axes(layer: Any, spatial_dims: int = 2, in_channels: int = 1) -> str:
 def geometry_kwargs(layer: Any, axes: str | None = None) -> dict[str, Any]:
     """scale, translate, axis labels and units of ``layer`` for a new layer over the same space.
 
-    With ``axes`` (the layer's data axes), the channel axis is left out: labels have no channels.
+    With ``axes`` (the layer's data axes), the channel axis is left out: labels have no channels. Axes with
+    more letters than the layer has dimensions are those of the layer stacked with others as channels in front.
     """
     rgb = bool(getattr(layer, "rgb", False))
     ndim = len(layer.scale)
-    keep = [i for i, letter in enumerate(axes[: len(axes) - rgb]) if letter != "C"] if axes else range(ndim)
+    own = axes[: len(axes) - rgb][-ndim:] if axes else ""
+    keep = [i for i, letter in enumerate(own) if letter != "C"] if axes else range(ndim)
     kwargs: dict[str, Any] = {
         "scale": tuple(layer.scale[i] for i in keep),
         "translate": tuple(layer.translate[i] for i in keep),
@@ -59,6 +61,17 @@ def geometry_kwargs(layer: Any, axes: str | None = None) -> dict[str, Any]:
     if units is not None:
         kwargs["units"] = tuple(units[i] for i in keep)
     return kwargs
+
+
+def full_resolution(layer: Any) -> Any:
+    """A layer's full-resolution data (the first level of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def spatial_scale(layer: Any, axes: str, run_axes: str) -> tuple[float, ...]:
+    """The layer's pixel size along the spatial axes of a run (an RGB layer's scale has no colour entry)."""
+    sizes = dict(zip(axes.replace("C", "") if getattr(layer, "rgb", False) else axes, layer.scale))
+    return tuple(float(sizes[a]) for a in run_axes if a in "ZYX")
 
 
 # --------------------------------------------------------------------------------------------------------------

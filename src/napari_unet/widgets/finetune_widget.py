@@ -31,7 +31,8 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_unet.widgets._autosave import autosaver_for
-from napari_unet.widgets._layers import LayerPicker, infer_axes, output_record
+from napari_unet.widgets._channels import ChannelPickers, stack_channels
+from napari_unet.widgets._layers import LayerPicker, full_resolution, infer_axes, output_record
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
@@ -42,7 +43,8 @@ from napari_unet.widgets._workers import Outcome, finetune_in_worker, report_fai
 
 
 class PairRow(QWidget):
-    """One training pair: an image, its corrected labels, and optionally the reviewed regions."""
+    """One training pair: an image (with, for a multi-channel model, the layers of its other channels), its
+    corrected labels, and optionally the reviewed regions."""
 
     def __init__(self, viewer: Any, on_remove: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -57,11 +59,16 @@ class PairRow(QWidget):
         remove.setText("✕")
         remove.setToolTip("Remove this pair")
         remove.clicked.connect(lambda: on_remove(self))
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        layers = QHBoxLayout()
         for widget in (self.image, self.labels, self.regions):
-            layout.addWidget(widget, 1)
-        layout.addWidget(remove)
+            layers.addWidget(widget, 1)
+        layers.addWidget(remove)
+        channel_form = QFormLayout()  # the image's other channels, below it, as wide as the row
+        self.channels = ChannelPickers(viewer, channel_form, 0, self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(layers)
+        layout.addLayout(channel_form)
 
 
 class FinetuneWidget(QWidget):
@@ -168,6 +175,7 @@ class FinetuneWidget(QWidget):
         segment = segment_widget_for(napari_viewer)
         if segment is not None and segment.model_picker.model_path is not None:
             self.model_picker.select(segment.model_picker.model_path)
+        self.model_picker.currentIndexChanged.connect(self._update_channels)
 
     # ----------------------------------------------------------------------------------------------------------
     # Pairs
@@ -179,6 +187,7 @@ class FinetuneWidget(QWidget):
         row.image.set_layer(image)
         row.labels.set_layer(labels)
         row.regions.set_layer(regions)
+        row.channels.set_channels(model_kind(self.model_picker.model_path)[1])
         self.rows.append(row)
         self.pairs_box.addWidget(row)
         return row
@@ -210,6 +219,12 @@ class FinetuneWidget(QWidget):
         shapes = next((layer for layer in reversed(layers) if isinstance(layer, Shapes)), None)
         return self.add_pair(image, labels, shapes)
 
+    def _update_channels(self, *args: Any) -> None:
+        """Show each pair's channel pickers for the chosen model's number of input channels."""
+        channels = model_kind(self.model_picker.model_path)[1]
+        for row in self.rows:
+            row.channels.set_channels(channels)
+
     def _remove_pair(self, row: PairRow) -> None:
         self.rows.remove(row)
         self.pairs_box.removeWidget(row)
@@ -229,8 +244,12 @@ class FinetuneWidget(QWidget):
             image, labels, regions = row.image.layer, row.labels.layer, row.regions.layer
             if image is None or labels is None:
                 raise InvalidInputError(f"training pair {number} needs an image layer and a labels layer")
-            axes = infer_axes(image, dims, channels)
-            data = image.data[0] if image.multiscale else image.data
+            try:
+                stack = stack_channels(image, row.channels.layers, dims)
+            except ValueError as exc:
+                raise InvalidInputError(f"training pair {number}: {exc}") from None
+            axes = stack.axes if stack else infer_axes(image, dims, channels)
+            data = stack.data if stack else full_resolution(image)
             expected = tuple(n for n, a in zip(data.shape, axes) if a != "C")
             label_data = labels.data[0] if labels.multiscale else labels.data
             if tuple(label_data.shape) != expected:

@@ -28,21 +28,25 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QWidget,
 )
 from superqt import QCollapsible
 
 from napari_unet.widgets._autosave import autosaver_for
+from napari_unet.widgets._channels import ChannelPickers, stack_channels
 from napari_unet.widgets._layers import (
     OUTPUT_DTYPE,
     LayerPicker,
     fit_labels_dtype,
+    full_resolution,
     geometry_kwargs,
     infer_axes,
     mark_output,
     output_record,
     reusable_output,
+    spatial_scale,
 )
 from napari_unet.widgets import _scratch
 from napari_unet.widgets._live import LiveLabels
@@ -89,13 +93,14 @@ class SegmentWidget(QWidget):
         self._axes_auto = True
 
         self.image_picker = LayerPicker(napari_viewer, (Image,))
-        self.image_picker.setToolTip("The image to segment.")
+        self.image_picker.setToolTip("The image to segment (channel 1, for a model that takes several).")
         self.model_picker = ModelPicker()
         self.axes_edit = QLineEdit()
         self.axes_edit.setToolTip("One letter per dimension of the image: T time, Z depth, C channel, Y, X. "
                                   "Inferred from the layer; type to override, clear to infer again.")
         self.axes_note = QLabel()
         self.axes_note.setWordWrap(True)
+        self.axes_note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # wrap, never widen
         self.scope_picker = QComboBox()
         for key, title in SCOPE_TITLES.items():
             self.scope_picker.addItem(title, key)
@@ -150,6 +155,7 @@ class SegmentWidget(QWidget):
 
         main = QFormLayout()
         main.addRow("Image", self.image_picker)
+        self.channel_pickers = ChannelPickers(napari_viewer, main, main.rowCount(), self)
         main.addRow("Model", self.model_picker)
         main.addRow("Axes", self.axes_edit)
         main.addRow("", self.axes_note)
@@ -165,6 +171,7 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self.image_picker.currentIndexChanged.connect(self._on_image_changed)
+        self.channel_pickers.changed.connect(self._on_image_changed)
         self.model_picker.currentIndexChanged.connect(self._update_axes)
         self.axes_edit.textEdited.connect(self._on_axes_edited)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -214,21 +221,24 @@ class SegmentWidget(QWidget):
         self._update_axes()
 
     def _update_axes(self, *args: Any) -> None:
+        dims, channels = self._model_kind()
+        self.channel_pickers.set_channels(channels)
         layer = self.image_picker.layer
         if layer is None:
             self.axes_edit.clear()
             self.axes_note.setText("")
             return
-        dims, channels = self._model_kind()
+        stack = None
         try:
-            inferred = infer_axes(layer, dims, channels)
+            stack = stack_channels(layer, self.channel_pickers.layers, dims)
+            inferred = stack.axes if stack else infer_axes(layer, dims, channels)
         except ValueError as exc:
             inferred = ""
             self.axes_note.setText(str(exc))
         if self._axes_auto:
             self.axes_edit.setText(inferred)
         try:
-            axes = self._checked_axes(layer)
+            axes = self._input(layer)[1]
         except ValueError as exc:
             self.axes_note.setText(f"<span style='color:#e06c4c'>{exc}</span>")
             return
@@ -237,15 +247,26 @@ class SegmentWidget(QWidget):
         how = "from the layer" if self._axes_auto else "set by you; clear to infer"
         planes = "".join(a for a in axes if a in ("TZ" if dims == 2 else "T"))
         detail = f", {dims}D model runs per {'/'.join(planes)} plane" if planes else ""
-        self.axes_note.setText(f"{axes} ({how}{detail})")
+        stacked = f"; C stacks the layers {', '.join(stack.names)}" if stack else ""
+        self.axes_note.setText(f"{axes} ({how}{detail}{stacked})")
 
-    def _checked_axes(self, layer: Any) -> str:
+    def _input(self, layer: Any) -> tuple[Any, str, str]:
+        """(data, its checked axes, the axes of the layer's own data): the layer's data, or, with channel layers
+        chosen, the layers stacked lazily as channels in front (so the axes are "C" + the layer's)."""
         from napari_unet.core.axes import resolve_axes
+        from napari_unet.core.errors import InvalidInputError
 
         dims, channels = self._model_kind()
-        shape = _data(layer).shape
-        return resolve_axes(self.axes_edit.text() or None, shape, spatial_dims=dims, in_channels=channels,
-                            rgb=bool(layer.rgb))
+        stack = stack_channels(layer, self.channel_pickers.layers, dims)
+        data = stack.data if stack else full_resolution(layer)
+        axes = resolve_axes(self.axes_edit.text() or (stack.axes if stack else None), data.shape,
+                            spatial_dims=dims, in_channels=channels, rgb=bool(layer.rgb) and stack is None)
+        if stack is None:
+            return data, axes, axes
+        if axes[0] != "C":
+            raise InvalidInputError(f"the channel layers are stacked along the first axis: axes must start with "
+                                    f"C (as in {stack.axes}), not {axes}")
+        return data, axes, axes[1:]
 
     # ----------------------------------------------------------------------------------------------------------
     # Starting a run
@@ -270,13 +291,13 @@ class SegmentWidget(QWidget):
         if model_path is None:
             return self._refuse("There is no model yet: choose 'Browse...' to pick a model folder.")
         try:
-            axes = self._checked_axes(layer)
+            data, axes, layer_axes = self._input(layer)
         except ValueError as exc:
             return self._refuse(str(exc))
         dims, _ = self._model_kind()
-        data = _data(layer)
-        scope = plan_scope(data.shape, axes, self.scope_picker.currentData(), self._position(layer, axes), dims,
-                           self._view_bounds(layer, axes))
+        position = [0.0] * (len(axes) - len(layer_axes)) + self._position(layer, layer_axes)
+        scope = plan_scope(data.shape, axes, self.scope_picker.currentData(), position, dims,
+                           self._view_bounds(layer, layer_axes))
         crop = data[scope.image_index]
         lazy = _too_large(data.shape, axes, scope, model_path, self.probabilities_check.isChecked())
         output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name, lazy)
@@ -294,7 +315,7 @@ class SegmentWidget(QWidget):
             "precision": self.precision_picker.currentText(),
             "probabilities": run.probabilities,
             "diameter": self.diameter_spin.value() or None,
-            "scale": _spatial_scale(layer, axes, scope.axes),
+            "scale": spatial_scale(layer, layer_axes, scope.axes),
         }
         steps = lambda: segment_in_worker(crop, model_path, token, options)  # noqa: E731
         if lazy:
@@ -536,14 +557,3 @@ def _model_classes(folder: Path) -> int:
         return int((read_config_json(folder / "config.json").get("network") or {}).get("out_channels", 3))
     except (ValueError, TypeError):
         return 3
-
-
-def _spatial_scale(layer: Any, axes: str, run_axes: str) -> tuple[float, ...]:
-    """The layer's pixel size along the spatial axes of the run (an RGB layer's scale has no colour entry)."""
-    sizes = dict(zip(axes.replace("C", "") if getattr(layer, "rgb", False) else axes, layer.scale))
-    return tuple(float(sizes[a]) for a in run_axes if a in "ZYX")
-
-
-def _data(layer: Any) -> Any:
-    """A layer's full-resolution data."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
