@@ -201,6 +201,36 @@ def test_a_large_image_survives_a_dead_worker(client, model, tmp_path):
     client.wait_for_workers(2, timeout=60)
 
 
+def test_the_command_runs_a_glob_on_a_scheduler_with_a_progress_bar_and_a_table(client, model, model_path,
+                                                                                tmp_path, capsys):
+    from napari_unet.cli import main
+
+    images = _write_images(tmp_path / "plates", 3, seed=20)
+    out = tmp_path / "labels"
+    args = ["segment", str(tmp_path / "plates" / "*.tif"), "--out", str(out), "--model", str(model_path),
+            "--device", "cpu", "--scheduler", client.scheduler.address]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "Dask dashboard" in captured.err and "3/3 files" in captured.err
+    assert "img0.tif" in captured.out and "3 done, 0 skipped" in captured.out
+    assert _same_objects(tifffile.imread(out / "img1.tif"), _in_process(images[1], model))
+    assert main(args) == 0 and "0 done, 3 skipped" in capsys.readouterr().out
+    assert main(["segment", str(images[0])]) == 2 and "--out DIR" in capsys.readouterr().err
+    assert main(args + ["-o", str(tmp_path / "x.tif")]) == 2 and "not both" in capsys.readouterr().err
+
+
+def test_the_command_spreads_one_zarr_image_over_the_workers(client, model, model_path, tmp_path, capsys):
+    from napari_unet.cli import main
+
+    image = _zarr_image(tmp_path / "big.zarr", size=384, chunk=128)
+    out = tmp_path / "labels.zarr"
+    assert main(["segment", str(tmp_path / "big.zarr"), "-o", str(out), "--model", str(model_path), "--device",
+                 "cpu", "--tile", "192", "--scheduler", client.scheduler.address, "--axes", "YX"]) == 0
+    expected = segment(image, model, axes="YX", device="cpu", tile_shape=192, probabilities=False)
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[...], expected.labels)
+    assert f"{expected.objects} objects" in capsys.readouterr().err
+
+
 def test_missing_distributed_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install napari-unet\[batch\]") as info:

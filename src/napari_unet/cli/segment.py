@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from napari_unet.cli import batch as batch_cli
+
 _ZARR_CHUNK = 1024  # chunk edge of zarr outputs along Y and X
 
 
@@ -60,10 +62,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="also write the class probabilities (float32, classes first) to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    batch_cli.add_arguments(parser)  # --out DIR, --workers N, --scheduler ADDRESS: many files on Dask
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if batch_cli.requested(args):
+        return batch_cli.run(args)
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.errors import InvalidInputError
     from napari_unet.core.inference import segment
