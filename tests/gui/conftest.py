@@ -9,6 +9,33 @@ from napari_unet.core.unet import UNetConfig
 from napari_unet.synthetic import generate_nuclei
 
 
+@pytest.fixture
+def notes_of(monkeypatch):
+    """``notes_of(module, severities)``: a list that collects the notifications a widget module shows, as
+    (severity, text): its ``show_<severity>`` calls, and failures, which arrive as napari ErrorNotifications."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    listeners = []
+
+    def record(module, severities=("info", "warning")) -> list[tuple[str, str]]:
+        shown: list[tuple[str, str]] = []
+        for severity in severities:
+            monkeypatch.setattr(module, f"show_{severity}",
+                                lambda text, severity=severity: shown.append((severity, text)))
+
+        def error(notification):
+            if isinstance(notification, ErrorNotification):
+                shown.append(("error", str(notification.message)))
+
+        notification_manager.notification_ready.connect(error)
+        listeners.append(error)
+        return shown
+
+    yield record
+    for listener in listeners:
+        notification_manager.notification_ready.disconnect(listener)
+
+
 def save_tiny_model(name: str = "tiny", spatial_dims: int = 2, in_channels: int = 1) -> Model:
     """A small untrained U-Net in the library: fast enough for a GUI test, any output is arbitrary."""
     network = UNetConfig(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=3, depth=2,

@@ -42,22 +42,9 @@ def tiny_saved() -> Model:
 
 
 @pytest.fixture
-def notes(monkeypatch) -> list[tuple[str, str]]:
-    """The notifications the widget shows, as (severity, text)."""
-    from napari.utils.notifications import ErrorNotification, notification_manager
-
-    shown: list[tuple[str, str]] = []
-    for severity in ("info", "error"):
-        monkeypatch.setattr(export_module, f"show_{severity}",
-                            lambda text, severity=severity: shown.append((severity, text)))
-
-    def error(notification):
-        if isinstance(notification, ErrorNotification):
-            shown.append(("error", str(notification.message)))
-
-    notification_manager.notification_ready.connect(error)
-    yield shown
-    notification_manager.notification_ready.disconnect(error)
+def notes(notes_of) -> list[tuple[str, str]]:
+    """The notifications the widget shows, as (severity, text); failures arrive as napari ErrorNotifications."""
+    return notes_of(export_module, ("info", "error"))
 
 
 @pytest.fixture

@@ -14,22 +14,9 @@ from napari_unet.widgets._layers import is_edited, output_record
 
 
 @pytest.fixture
-def notes(monkeypatch) -> list[tuple[str, str]]:
+def notes(notes_of) -> list[tuple[str, str]]:
     """The notifications the widget shows, as (severity, text); failures arrive as napari ErrorNotifications."""
-    from napari.utils.notifications import ErrorNotification, notification_manager
-
-    shown: list[tuple[str, str]] = []
-    for severity in ("info", "warning"):
-        monkeypatch.setattr(segment_module, f"show_{severity}",
-                            lambda text, severity=severity: shown.append((severity, text)))
-
-    def error(notification):
-        if isinstance(notification, ErrorNotification):
-            shown.append(("error", str(notification.message)))
-
-    notification_manager.notification_ready.connect(error)
-    yield shown
-    notification_manager.notification_ready.disconnect(error)
+    return notes_of(segment_module, ("info", "warning"))
 
 
 @pytest.fixture
