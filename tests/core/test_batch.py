@@ -19,6 +19,8 @@ distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
 from napari_unet import batch  # noqa: E402
+from napari_unet.batch import worker_models  # noqa: E402
+from napari_unet.batch.files import _plan_outputs  # noqa: E402
 from napari_unet.core.inference import segment  # noqa: E402
 from napari_unet.core.models import Model, ModelConfig, load_model, save_model  # noqa: E402
 from napari_unet.core.unet import UNetConfig  # noqa: E402
@@ -49,12 +51,12 @@ def model_path(tmp_path_factory) -> Path:
 
 def test_the_worker_cache_reloads_a_model_saved_again(tmp_path):
     path = save_model(_tiny(), tmp_path / "tiny")
-    ref = batch._model_ref(path)
-    loads = batch._LOADS[0]
+    ref = worker_models._model_ref(path)
+    loads = worker_models._LOADS[0]
     first = batch.worker_model(ref)
-    assert batch.worker_model(ref) is first and batch._LOADS[0] == loads + 1
+    assert batch.worker_model(ref) is first and worker_models._LOADS[0] == loads + 1
     save_model(_tiny(), path, overwrite=True)
-    assert batch.worker_model(ref) is not first and batch._LOADS[0] == loads + 2
+    assert batch.worker_model(ref) is not first and worker_models._LOADS[0] == loads + 2
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def _in_process(path: Path, model: Model) -> np.ndarray:
 
 def _arm_crash() -> None:
     """Make this worker process die the next time it would rename a finished output into place."""
-    from napari_unet import batch as remote
+    from napari_unet.batch import outputs as remote
 
     def crash(temporary, target):
         os._exit(1)
@@ -143,7 +145,7 @@ def test_many_files_equal_in_process_and_a_broken_file_is_reported(client, model
     assert not (out / "broken.tif").exists()
     assert _partials(tmp_path) == []
     assert "broken.tif" in report.table() and "1 failed" in report.table()
-    loads = client.run(lambda: __import__("napari_unet.batch").batch._LOADS[0])
+    loads = client.run(lambda: __import__("napari_unet.batch.worker_models").batch.worker_models._LOADS[0])
     assert all(n <= 1 for n in loads.values()), loads  # once per worker, not once per file
 
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -248,4 +250,4 @@ def test_importing_the_module_loads_neither_torch_nor_distributed():
 
 def test_outputs_that_would_collide_are_refused(tmp_path):
     with pytest.raises(ValueError, match="would both write"):
-        batch._plan_outputs([tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif"], tmp_path / "out", ".tif")
+        _plan_outputs([tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif"], tmp_path / "out", ".tif")

@@ -1,0 +1,77 @@
+"""The model on the Dask workers: a task carries a :class:`ModelRef` (a path) rather than the weights, and each
+worker process loads the model once and keeps it, with its inference-ready network, while its files are
+unchanged."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A saved model by path: what a task carries instead of the weights."""
+
+    path: str
+
+
+_MODELS: dict[tuple[Any, ...], Any] = {}  # per worker process: the model last loaded and its key
+_NETWORKS: dict[tuple[Any, ...], Any] = {}  # per worker process: its inference-ready copy
+_LOADS = [0]  # how often this process loaded a model (tests check that it is once)
+
+
+def _model_ref(model: Any) -> Any:
+    """A :class:`ModelRef` for a model that lives in a folder or package, else the model object itself.
+
+    A name or path is resolved here, in the caller's process, so a typo fails at once and not on every worker.
+    A ``Model`` counts by its folder (``model.path``): save a model changed in memory before running a batch,
+    or pass one without a path, which is then sent to every worker as it is.
+    """
+    if hasattr(model, "network") and hasattr(model, "config"):
+        if getattr(model, "path", None) is None:
+            return model
+        return ModelRef(str(Path(model.path).resolve()))
+    from napari_unet.bioimageio import is_package
+    from napari_unet.core.library import resolve_model_folder
+
+    if is_package(model):
+        return ModelRef(str(Path(model).resolve()))
+    return ModelRef(str(resolve_model_folder(model).resolve()))
+
+
+def _model_key(ref: ModelRef) -> tuple[Any, ...]:
+    """Path plus the modification times of its files: a model saved again under the same name is reloaded."""
+    path = Path(ref.path)
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return (ref.path, tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
+
+
+def worker_model(ref: Any) -> Any:
+    """The model for ``ref`` in this process, loaded once and kept while its files are unchanged."""
+    if not isinstance(ref, ModelRef):
+        return ref
+    key = _model_key(ref)
+    model = _MODELS.get(key)
+    if model is None:
+        from napari_unet.core.models import load_model
+
+        _MODELS.clear()  # one model per worker: a batch uses one, and weights take memory
+        _NETWORKS.clear()
+        model = load_model(ref.path)
+        _MODELS[key] = model
+        _LOADS[0] += 1
+    return model
+
+
+def _worker_network(ref: Any, model: Any, device: str, precision: str, tta: bool) -> Any:
+    """The inference-ready copy of the model's network (batch-norm folded, on the device), made once per
+    process and setting: copying and folding for every group of tiles would cost more than small groups."""
+    from napari_unet.core.devices import resolve_device
+    from napari_unet.core.runner import Network
+
+    key = (_model_key(ref) if isinstance(ref, ModelRef) else id(model), device, precision, tta)
+    network = _NETWORKS.get(key)
+    if network is None:
+        network = Network(model.network, resolve_device(device), precision, tta)
+        _NETWORKS[key] = network
+    return network
