@@ -245,7 +245,7 @@ def test_foreign_damaged_and_non_packages_are_refused_clearly(instance_package, 
 
 
 def test_description_gives_the_models_foreground_and_seed_thresholds():
-    from napari_unet.bioimageio import _readme
+    from napari_unet.bioimageio.describe import _readme
     from napari_unet.core.postprocess import ObjectFilter
 
     plain = _readme(_tiny(), [], 16, 4, 4, 0)
