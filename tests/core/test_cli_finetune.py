@@ -160,3 +160,23 @@ def test_zarr_images_labels_and_masks(files, tmp_path, capsys, monkeypatch):
     assert isinstance(images[0].image, zarr.Array), "the image is read where training needs it, not whole"
     (_, annotated, _), = read_annotations(load_model("from-zarr"))
     assert annotated[:, :30].all() and not annotated[:, 30:].any()
+
+
+def test_a_prediction_file_weighs_the_corrections(files, tmp_path, capsys):
+    labels = tifffile.imread(files["labels0"])
+    predicted = labels.copy()
+    predicted[predicted == labels.max()] = 0  # the model missed one nucleus; the labels have it
+    tifffile.imwrite(tmp_path / "predicted.tif", predicted)
+    common = ["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+              "--prediction", str(tmp_path / "predicted.tif"), "--steps", "1", "--batch-size", "2"]
+    assert main([*common, "--correction-weight", "3", "--output", "corrected"]) == 0
+    out = capsys.readouterr().out
+    assert "corrected from predicted.tif" in out and "weighted 3x" in out
+    settings = load_model("corrected").config.provenance["settings"]
+    assert settings["correction_weight"] == 3.0 and settings["corrected_pixels"] >= (labels == labels.max()).sum()
+    assert main([*common, "--correction-weight", "0.5"]) == 2
+    assert "--correction-weight" in capsys.readouterr().err
+    code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+                 "--image", str(files["image1"]), "--labels", str(files["labels1"]), "--prediction",
+                 str(tmp_path / "predicted.tif"), "--steps", "1"])
+    assert code == 2 and "--prediction" in capsys.readouterr().err

@@ -1,11 +1,13 @@
 """``napari-unet finetune``: fine-tune a model on image/label files and save it as a new version.
 
     napari-unet finetune --model nuclei --image a.tif --labels a_labels.tif [--mask a_mask.tif] \\
-        [--image b.tif --labels b_labels.tif ...] --time 60 [--steps N] [--output NAME]
+        [--prediction a_predicted.tif] [--image b.tif --labels b_labels.tif ...] --time 60 [--steps N] \\
+        [--correction-weight 5] [--output NAME]
 
 Images, labels and masks are TIFF (``.tif``/``.tiff``), NumPy (``.npy``) or zarr (a zarr array or an OME-Zarr
 image) files, paired in the order given and opened by :mod:`napari_unet.core.io`: images stay lazy, so only the
-annotated planes of a large stack are read.
+annotated planes of a large stack are read. ``--prediction`` names the model's output each labels file was
+corrected from: the pixels the user changed then weigh ``--correction-weight`` times more in the loss.
 The result is saved into the user's library as the next version of the model (``nuclei-v2``...), or under
 ``--output``; the starting model is left as it was.
 """
@@ -29,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="labels file for the image at the same position (repeatable)")
     parser.add_argument("--mask", action="append", type=Path, default=[],
                         help="annotated-area file (non-zero = annotated) for the pair at the same position")
+    parser.add_argument("--prediction", action="append", type=Path, default=[],
+                        help="the model's output labels that the labels file at the same position were corrected "
+                        "from (give one per pair, or none); the pixels you changed weigh more")
+    parser.add_argument("--correction-weight", type=float, default=None, metavar="FACTOR",
+                        help="how many times more a corrected pixel weighs than one left as predicted, with "
+                        "--prediction (default 5; 1 = no extra weight)")
     parser.add_argument("--axes", default=None,
                         help="image axes from T, Z, C, Y, X (e.g. YX, YXC, ZYX); default: guessed from the "
                         "shapes and the model")
@@ -67,6 +75,13 @@ def _read_pair(image_path: Path, labels_path: Path, mask_path: Path | None) -> t
     return image, labels, mask
 
 
+def _read_prediction(path: Path | None) -> Any:
+    """The model output a labels file was corrected from, read as the labels are (None: not given)."""
+    from napari_unet.core.io import read_image
+
+    return None if path is None else read_image(path).data
+
+
 def guess_axes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], model_axes: str,
                channels: int) -> str:
     """Axes for a file pair: the labels' axes are spatial (with a leading Z or T), an extra image axis is C."""
@@ -98,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
     if args.mask and len(args.mask) != len(args.image):
         raise InvalidInputError(f"got {len(args.mask)} --mask for {len(args.image)} images; give a mask for "
                                 "every pair or for none")
+    if args.prediction and len(args.prediction) != len(args.image):
+        raise InvalidInputError(f"got {len(args.prediction)} --prediction for {len(args.image)} images; give the "
+                                "prediction of every pair or of none")
+    if args.correction_weight is not None and not args.correction_weight >= 1:
+        raise InvalidInputError(f"--correction-weight must be at least 1 (1 = no extra weight for corrections), "
+                                f"not {args.correction_weight}")
     if args.time is not None and not args.time > 0:
         raise InvalidInputError(f"--time must be a positive number of seconds, not {args.time}")
     if args.steps is not None and args.steps < 1:
@@ -109,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
     for index, (image_path, labels_path) in enumerate(zip(args.image, args.labels)):
         image, labels, mask = _read_pair(image_path, labels_path, args.mask[index] if args.mask else None)
         axes = args.axes or guess_axes(image.shape, labels.shape, model.config.axes, model.config.in_channels)
-        samples.append(Sample(image, labels, mask, axes))
-        print(f"pair {index + 1}: {image_path.name} {tuple(image.shape)} axes {axes}, labels {labels_path.name}")
+        prediction = _read_prediction(args.prediction[index] if args.prediction else None)
+        samples.append(Sample(image, labels, mask, axes, prediction=prediction))
+        print(f"pair {index + 1}: {image_path.name} {tuple(image.shape)} axes {axes}, labels {labels_path.name}"
+              + (f", corrected from {args.prediction[index].name}" if args.prediction else ""))
     budget = args.time if args.time is not None else (None if args.steps else 60.0)
     last = [0.0]
 
@@ -121,16 +144,20 @@ def run(args: argparse.Namespace) -> int:
             last[0] = now
 
     patch = None if args.patch is None else (args.patch[0] if len(args.patch) == 1 else args.patch)
+    extra = {} if args.correction_weight is None else {"correction_weight": args.correction_weight}
     tuned = finetune(model, samples, time_budget_s=budget, steps=args.steps, device=args.device,
                      progress=report, seed=args.seed, learning_rate=args.learning_rate, batch_size=args.batch_size,
                      patch_shape=patch, validation_fraction=args.validation_fraction, augment=not args.no_augment,
-                     new_kind={"auto": None, "yes": True, "no": False}[args.new_kind], from_scratch=args.from_scratch)
+                     new_kind={"auto": None, "yes": True, "no": False}[args.new_kind], from_scratch=args.from_scratch,
+                     **extra)
     provenance = tuned.config.provenance
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in provenance.get("metrics", {}).items())
     settings = provenance["settings"]
     print(f"trained {provenance['steps']} steps in {provenance['time_s']:.0f} s (stopped: {provenance['stopped']}), "
           f"peak learning rate {settings['learning_rate']:g}" + (" for a new kind of image" if settings["new_kind"]
                                                                   else "") + (f"; {metrics}" if metrics else ""))
+    if args.prediction:
+        print(f"{settings['corrected_pixels']} corrected pixels, weighted {settings['correction_weight']:g}x")
     if settings["inverted_input"]:
         print("the annotated objects are darker than their background: the new model inverts its input")
     if provenance.get("improved") is False:

@@ -13,6 +13,13 @@ that touching nuclei come out separated. Semantic models learn class ids with th
 
 Every target depends on annotated pixels only: labels outside the annotated area are set to unknown before
 anything is derived from them, so changing them changes nothing.
+
+*Corrections.* When the model's own output (the prediction the user started from) is known, the pixels the user
+changed are found by comparing targets, not ids (:func:`changed_pixels`): a pixel whose class differs (a split
+adds a boundary line, an erased object turns interior into background) or whose object membership changed (the
+corrected objects and the predicted ones do not match one-to-one there). :func:`weight_corrections` grows that
+area by :data:`CORRECTION_MARGIN` pixels and multiplies its loss weights, so that a few strokes are not drowned
+by the thousands of pixels the user accepted as they were.
 """
 from __future__ import annotations
 
@@ -28,6 +35,9 @@ from napari_unet.core.errors import InvalidInputError
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 MAX_CLASS_WEIGHT = 10.0  # a class seen on a handful of pixels must not dominate the loss
+# px a correction is grown by before it is weighted: a painted stroke moves the edges next to it too, and the
+# pixels beside a new boundary line are where the network has to change its mind
+CORRECTION_MARGIN = 2
 
 
 @dataclass
@@ -43,6 +53,7 @@ class Targets:
     weights: np.ndarray  # float32
     annotated: np.ndarray  # bool
     instances: np.ndarray | None = None  # int32
+    corrected: np.ndarray | None = None  # bool: annotated pixels the user changed from the prediction
 
 
 @dataclass
@@ -68,13 +79,14 @@ class SampleArrays:
     labels: np.ndarray  # (*other, *spatial)
     mask: np.ndarray | None
     axes: str  # the axes of labels and mask: other + spatial, e.g. "ZYX" for a stack and a 2D model
+    prediction: np.ndarray | None = None  # (*other, *spatial): the model output the labels were corrected from
 
 
 def read_sample(image: Any, labels: Any, mask: Any, axes: str | None, spatial: str,
-                in_channels: int) -> SampleArrays:
-    """Check a sample against the model and bring it into training order. Labels and mask are copied, so
-    the caller may go on editing them (the user painting while training runs); nothing is written back.
-    ``axes=None`` infers the axes as inference does."""
+                in_channels: int, prediction: Any = None) -> SampleArrays:
+    """Check a sample against the model and bring it into training order. Labels, mask and prediction are
+    copied, so the caller may go on editing them (the user painting while training runs); nothing is written
+    back. ``axes=None`` infers the axes as inference does."""
     if not hasattr(image, "shape"):
         image = np.asarray(image)
     axes = resolve_axes(axes, image.shape, spatial_dims=len(spatial), in_channels=in_channels)
@@ -92,7 +104,27 @@ def read_sample(image: Any, labels: Any, mask: Any, axes: str | None, spatial: s
                 "the mask marks annotated pixels and must cover the image without its channel axis"
             )
         mask_np = np.transpose(np.array(mask, dtype=bool, copy=True), order)
-    return SampleArrays(view, np.ascontiguousarray(labels_np), mask_np, other + spatial)
+    prediction_np = None
+    if prediction is not None:
+        prediction_np = np.ascontiguousarray(np.transpose(_check_prediction(prediction, expected, label_axes), order))
+    return SampleArrays(view, np.ascontiguousarray(labels_np), mask_np, other + spatial, prediction_np)
+
+
+def _check_prediction(prediction: Any, expected: tuple[int, ...], label_axes: str) -> np.ndarray:
+    """The prediction must be labels of the same grid: it is compared with the labels pixel for pixel."""
+    shape = tuple(np.shape(prediction))
+    if shape != expected:
+        raise InvalidInputError(
+            f"the prediction has shape {shape} but the image's {label_axes!r} shape is {expected}; pass the "
+            "model's output labels the corrections started from (the same shape as the labels), or no prediction"
+        )
+    array = np.array(prediction, copy=True)
+    if array.dtype == bool:
+        return array.astype(np.int32)
+    if not np.issubdtype(array.dtype, np.integer) or array.min(initial=0) < 0:
+        raise InvalidInputError(f"the prediction must be labels (integers, 0 background, positive ids), not "
+                                f"{array.dtype} values; pass the segmentation's labels, not its probabilities")
+    return array
 
 
 def _check_labels(labels: Any, expected: tuple[int, ...], label_axes: str) -> np.ndarray:
@@ -249,3 +281,78 @@ def semantic_targets(labels: np.ndarray, annotated: np.ndarray, n_classes: int) 
     weights = class_balance(classes, annotated, n_classes)[classes].astype(np.float32)
     weights[~annotated] = 0.0
     return Targets(classes=classes, weights=weights, annotated=annotated)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Corrections: where the user changed the model's output
+# --------------------------------------------------------------------------------------------------------------
+
+
+def changed_pixels(labels: np.ndarray, prediction: np.ndarray, annotated: np.ndarray, task: str) -> np.ndarray:
+    """Annotated pixels whose training target differs between the corrected ``labels`` and the model's
+    ``prediction`` (the same grid).
+
+    Ids are arbitrary, so instance labels are compared as targets: the instance classes of both, computed by
+    :func:`instance_classes` exactly as for training, plus the pixels whose object membership changed
+    (:func:`membership_changed`) - a split that follows an existing boundary, or a merge, changes which
+    object a pixel is in even where its class stays interior. Semantic labels are class ids and compare
+    directly.
+    """
+    if task != "instance":
+        return (labels != prediction) & annotated
+    known = np.where(annotated, labels, 0)
+    predicted = np.where(annotated, prediction, 0)
+    changed = instance_classes(known, annotated) != instance_classes(predicted, annotated)
+    return (changed | membership_changed(known, predicted)) & annotated
+
+
+def membership_changed(labels: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Object pixels (in both) whose corrected object and predicted object are not each other's best match.
+
+    Each corrected object is paired with the predicted object it overlaps most and vice versa; pixels of a
+    mutual pair are unchanged (a relabelled but untouched object), all others changed. A merged pair the user
+    split leaves the smaller part unmatched, and two objects the user merged leave one predicted part unmatched.
+    """
+    both = (labels > 0) & (prediction > 0)
+    changed = np.zeros(labels.shape, dtype=bool)
+    if not both.any():
+        return changed
+    a = labels[both].astype(np.int64)
+    b = prediction[both].astype(np.int64)
+    span = int(b.max()) + 1
+    keys, inverse, counts = np.unique(a * span + b, return_inverse=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")  # largest overlaps first; ties keep the lower ids
+    mutual = _first_of_each(keys[order] // span, order) & _first_of_each(keys[order] % span, order)
+    changed[both] = ~mutual[inverse.ravel()]
+    return changed
+
+
+def _first_of_each(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """A mask over the pairs (in their unsorted order) of the first pair, in ``order``, of each id."""
+    first = np.zeros(order.size, dtype=bool)
+    first[order[np.unique(ids, return_index=True)[1]]] = True
+    return first
+
+
+def grow_corrections(corrected: np.ndarray, annotated: np.ndarray, margin: int = CORRECTION_MARGIN) -> np.ndarray:
+    """The corrected pixels grown by ``margin`` px in the YX plane (not across the planes of a stack, whose Z
+    sampling is coarser), kept inside the annotated area."""
+    if margin <= 0 or not corrected.any():
+        return corrected & annotated
+    structure = np.zeros((3,) * corrected.ndim, dtype=bool)
+    structure[(1,) * (corrected.ndim - 2)] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_dilation(corrected, structure, iterations=margin) & annotated
+
+
+def weight_corrections(targets: Targets, factor: float, margin: int = CORRECTION_MARGIN) -> np.ndarray:
+    """Multiply the loss weights of the (grown) corrected area by ``factor``, in place; returns that area.
+
+    Called after the validation block is held out, so that its loss, which picks the kept state, measures
+    the same thing with and without corrections. Weights outside the annotated area stay 0.
+    """
+    if targets.corrected is None:
+        return np.zeros(targets.annotated.shape, dtype=bool)
+    area = grow_corrections(targets.corrected, targets.annotated, margin)
+    targets.weights[area] *= np.float32(factor)
+    targets.weights[~targets.annotated] = 0.0
+    return area

@@ -15,7 +15,10 @@ The recipe is built for a few annotated images and a minute of CPU:
   is nearer); batch-norm statistics frozen when the batch is too small to estimate them; bf16 autocast on CPUs
   with native bf16, automatic mixed precision on CUDA;
 * a validation block held out of the annotated area when there is enough of it: validation loss, foreground
-  Dice and object F1 about 20 times per run; the best state is kept and training stops early on a plateau.
+  Dice and object F1 about 20 times per run; the best state is kept and training stops early on a plateau;
+* corrections count: where a sample carries the model's ``prediction`` the user corrected, the pixels they
+  changed weigh ``correction_weight`` times more (:data:`CORRECTION_WEIGHT`) and a share of the patches is
+  centred on them, so that a few strokes are learned rather than averaged away.
 
 With ``steps`` given and ``time_budget_s=None`` a seed makes a run repeatable; a time budget makes the
 number of steps (and so the learning-rate schedule) depend on the machine's speed.
@@ -59,6 +62,9 @@ NEW_KIND_LEARNING_RATE = 3e-3
 NEW_KIND_SCORE = 0.5
 # Early validations move too much (and fine-tuning first unsettles a pretrained model) to call a plateau.
 MIN_FRACTION_BEFORE_EARLY_STOP = 0.5
+# How much more a pixel the user corrected weighs than one they left as the model predicted it (samples with a
+# prediction). Measured in tests/core/test_corrections.py: see README, "Corrections weigh more".
+CORRECTION_WEIGHT = 5.0
 
 
 @dataclass
@@ -91,6 +97,7 @@ def finetune(
     on_cancel: Literal["best", "none"] = "best", weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
     validations: int = 20, patience: int = 5, w0: float = 10.0, sigma: float = 5.0,
     freeze_batchnorm: bool | None = None, mixed_precision: bool | None = None, match_polarity: bool = True,
+    correction_weight: float = CORRECTION_WEIGHT,
 ) -> Model:
     """Fine-tune ``model`` on ``samples`` and return the tuned copy; the options are :func:`finetune_steps`'s."""
     steps_iter = finetune_steps(
@@ -98,7 +105,8 @@ def finetune(
         new_kind=new_kind, from_scratch=from_scratch, batch_size=batch_size, patch_shape=patch_shape,
         validation_fraction=validation_fraction, augment=augment, on_cancel=on_cancel, weight_decay=weight_decay,
         warmup_fraction=warmup_fraction, validations=validations, patience=patience, w0=w0, sigma=sigma,
-        freeze_batchnorm=freeze_batchnorm, mixed_precision=mixed_precision, match_polarity=match_polarity)
+        freeze_batchnorm=freeze_batchnorm, mixed_precision=mixed_precision, match_polarity=match_polarity,
+        correction_weight=correction_weight)
     while True:
         try:
             next(steps_iter)
@@ -115,6 +123,7 @@ def finetune_steps(
     on_cancel: Literal["best", "none"] = "best", weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
     validations: int = 20, patience: int = 5, w0: float = 10.0, sigma: float = 5.0,
     freeze_batchnorm: bool | None = None, mixed_precision: bool | None = None, match_polarity: bool = True,
+    correction_weight: float = CORRECTION_WEIGHT,
 ) -> Generator[TrainProgress, None, Model]:
     """Train a copy of ``model`` on ``samples``, yielding a :class:`TrainProgress` per step; return the copy.
 
@@ -135,14 +144,20 @@ def finetune_steps(
     histology or brightfield become the bright ones a fluorescence model knows); ``validations`` how many
     times a run validates;
     ``patience`` how many validations without improvement end it early (not before half of the run).
+    ``correction_weight`` (at least 1) multiplies the loss weight of the pixels a user changed, in samples
+    given with the ``prediction`` they corrected, and of a margin of 2 px around them; 1 turns correction
+    weighting off (the predictions are then ignored). The count of corrected pixels and the weight are recorded
+    in the tuned model's history and settings.
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
     _check_options(time_budget_s, steps, batch_size, LEARNING_RATE if learning_rate is None else learning_rate,
                    validation_fraction, validations, on_cancel)
+    _check_correction_weight(correction_weight)
     augmentation = augment if isinstance(augment, Augmentation) else (Augmentation() if augment else NO_AUGMENTATION)
     rng = np.random.default_rng(seed)
-    data = prepare_data(model, samples, patch_shape, validation_fraction, w0, sigma, match_polarity)
+    data = prepare_data(model, samples, patch_shape, validation_fraction, w0, sigma, match_polarity,
+                        correction_weight)
     target = resolve_device(device)
     tuned = model.copy()
     tuned.path, tuned.history = None, []
@@ -238,7 +253,8 @@ def finetune_steps(
                 "validation_fraction": validation_fraction, "augment": augmentation != NO_AUGMENTATION, "w0": w0,
                 "sigma": sigma, "freeze_batchnorm": freeze, "inverted_input": data.inverted, "annotated_object_diameters": data.object_sizes,
                 "mixed_precision": str(precision).replace("torch.", "") if precision else None, "device": str(target),
-                "prepare_s": round(prepare_s, 2)}
+                "prepare_s": round(prepare_s, 2), "correction_weight": float(correction_weight),
+                "corrected_pixels": data.corrected_pixels}
     # with a validation block, the kept state is the start itself unless training beat it there
     improved = best_step > 0 if data.validation is not None and not from_scratch else None
     _record_provenance(tuned, model, data, seed, step, elapsed(), reason, started_at, losses, best_metrics, settings,
@@ -273,6 +289,12 @@ def _check_options(time_budget_s: float | None, steps: int | None, batch_size: i
     if on_cancel not in ("best", "none"):
         raise InvalidInputError(f"on_cancel must be 'best' (return the best model so far) or 'none' (raise "
                                 f"Cancelled), not {on_cancel!r}")
+
+
+def _check_correction_weight(weight: float) -> None:
+    if not (isinstance(weight, (int, float, np.integer, np.floating)) and math.isfinite(weight) and weight >= 1):
+        raise InvalidInputError(f"correction_weight must be a number of at least 1 (1 = corrections weigh as much "
+                                f"as the rest), not {weight!r}")
 
 
 def _struggles(metrics: dict[str, float], task: str) -> bool:
@@ -375,10 +397,13 @@ def _record_provenance(tuned: Model, parent: Model, data: TrainingData, seed: in
         "stopped": reason,
         "samples": len({item.sample_index for item in data.items}),
         "annotated_pixels": data.annotated_pixels,
+        "corrected_pixels": data.corrected_pixels,
         "metrics": metrics,
         "seed": seed,
         "data_fingerprint": data.fingerprint,
     }
+    if data.corrected_pixels:  # the user's corrections of a prediction, and what they weighed
+        summary["correction_weight"] = settings["correction_weight"]
     if improved is not None:
         summary["improved"] = improved
     tuned.config.history = [*parent.config.history, summary]
