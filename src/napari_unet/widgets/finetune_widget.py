@@ -4,7 +4,8 @@ Training pairs are (image layer, labels layer, optional Shapes layer of reviewed
 labels and masks are copied, so the user may go on painting; :func:`napari_unet.core.training.finetune_steps`
 runs in a napari generator worker and its per-step progress feeds a live loss / Dice plot. The tuned model is
 saved as a new version in the library (in the worker), selected in the Segment widget, and "Segment again"
-re-runs the Segment widget's image with it.
+re-runs the Segment widget's image with it. A labels layer Segment made carries the model's prediction
+(:mod:`._predictions`): the pixels the user changed from it weigh more in training.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from napari_unet.widgets._channels import ChannelPickers, stack_channels
 from napari_unet.widgets._layers import LayerPicker, full_resolution, infer_axes, output_record
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
+from napari_unet.widgets._predictions import corrections_message, prediction_of, weighing_note
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
@@ -231,7 +233,8 @@ class FinetuneWidget(QWidget):
         row.deleteLater()
 
     def samples(self) -> list[Any]:
-        """Training samples from the pairs, with labels and masks copied so that painting may go on."""
+        """Training samples from the pairs, with labels and masks copied so that painting may go on; a pair whose
+        labels Segment made carries the prediction they were corrected from."""
         from napari_unet.core.errors import InvalidInputError
         from napari_unet.core.training import Sample
 
@@ -257,7 +260,8 @@ class FinetuneWidget(QWidget):
                     f"training pair {number}: the labels '{labels.name}' have shape {tuple(label_data.shape)} but "
                     f"the image '{image.name}' (axes {axes}) needs labels of shape {expected}")
             mask = regions_mask(regions, labels) if regions is not None else None
-            samples.append(Sample(image=data, labels=np.array(label_data, copy=True), mask=mask, axes=axes))
+            samples.append(Sample(image=data, labels=np.array(label_data, copy=True), mask=mask, axes=axes,
+                                  prediction=prediction_of(labels, expected)))
         return samples
 
     # ----------------------------------------------------------------------------------------------------------
@@ -303,7 +307,8 @@ class FinetuneWidget(QWidget):
         }
         token = CancelToken()
         run = {"cancel": token, "progress": RunProgress(f"Fine-tuning {model_path.name}", self.stop),
-               "base": model_path.name, "budget": options["time_budget_s"]}
+               "base": model_path.name, "budget": options["time_budget_s"],
+               "predictions": sum(sample.prediction is not None for sample in samples)}
         self._run = run
         self.plot.clear()
         self.segment_again_button.setEnabled(False)
@@ -311,7 +316,8 @@ class FinetuneWidget(QWidget):
                                      lambda event: self._on_event(run, event), self, token, "Fine-tune")
         self.run_button.setText("Stop")
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
-        self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s); you can go on painting.")
+        note = weighing_note(run["predictions"])
+        self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s){note}; you can go on painting.")
 
     def stop(self) -> None:
         """Stop training early; the best model so far is still saved."""
@@ -372,10 +378,11 @@ class FinetuneWidget(QWidget):
             path, metrics = outcome.value
             score = f" (validation Dice {metrics['val_dice']:.2f})" if metrics.get("val_dice") is not None else ""
             early = "Stopped early; saved the best model so far" if run["cancel"].cancelled else "Saved"
+            corrections = corrections_message(path, run["predictions"])
             if metrics.get("improved") is False:  # the version holds the start's weights: keep the start selected
                 message = (f"{early} as '{path.name}', but training did not beat {run['base']} on the validation "
                            f"part of your annotations{score}, so {run['base']} stays selected. Annotate more "
-                           "objects, or train longer.")
+                           f"objects, or train longer.{corrections}")
                 show_warning(message)
             else:
                 self.saved_path = path
@@ -385,9 +392,10 @@ class FinetuneWidget(QWidget):
                 self.model_picker.select(path)
                 self.segment_again_button.setEnabled(True)
                 message = (f"{early} as '{path.name}'{score}, fine-tuned from {run['base']}. It is selected in "
-                           "the Segment widget: press 'Segment again' to see it work.")
+                           f"the Segment widget: press 'Segment again' to see it work.{corrections}")
                 show_info(message)
             self.progress_bar.set_progress(1, 1, "done")
         self.status.setText(message)
         run["progress"].close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
+

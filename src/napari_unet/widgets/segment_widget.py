@@ -4,6 +4,8 @@ The widget gathers values and plans the run on the main thread (which image, whi
 stack, which output layer), then runs :func:`napari_unet.core.inference.segment_steps` in a napari generator
 worker. Everything the worker yields comes back to the main thread, where finished tiles are copied into the
 output Labels layer and redrawn piecewise (:mod:`._live`). The worker never touches a widget or a layer.
+A successful in-memory run ends by keeping a private copy of the labels (:mod:`._predictions`), against which
+Fine-tune measures the user's corrections.
 
 A result too large for memory (labels over :func:`napari_unet.core.memory.in_memory_limit`) goes to disk: the
 core writes it straight into a zarr array (:mod:`._scratch`) that a lazy Labels layer shows, and the main thread
@@ -51,6 +53,7 @@ from napari_unet.widgets._layers import (
 from napari_unet.widgets import _scratch
 from napari_unet.widgets._live import LiveLabels
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
+from napari_unet.widgets._predictions import forget_prediction, keep_prediction
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope, scope_titles
@@ -301,6 +304,7 @@ class SegmentWidget(QWidget):
         crop = data[scope.image_index]
         lazy = _too_large(data.shape, axes, scope, model_path, self.probabilities_check.isChecked())
         output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name, lazy)
+        forget_prediction(output)  # its labels change now; a successful run keeps the new ones (see _finish)
         token = CancelToken()
         progress = RunProgress(f"Segmenting {layer.name}", cancel_callback=lambda: self.cancel("cancelled"))
         run = _Run(layer, output, created, scope, token, progress, LiveLabels(output, self),
@@ -447,6 +451,7 @@ class SegmentWidget(QWidget):
                 labels = np.asarray(result.labels)
                 fit_labels_dtype(run.output, int(labels.max(initial=0)))
                 run.live.write(run.scope.output_index, labels)
+                keep_prediction(run.output)  # what the user's corrections will be measured against
                 autosaver_for(self.viewer).watch(run.output)  # the user will correct it: keep their work safe
             run.output.metadata["napari_unet"]["partial"] = False
             if run.probabilities and getattr(result, "probabilities", None) is not None:
