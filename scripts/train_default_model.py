@@ -98,14 +98,14 @@ ARCHITECTURE: dict[str, Any] = {
 }
 
 DESCRIPTION = ("Nuclei in 2D fluorescence images (DAPI, Hoechst and similar stains), and in brightfield and "
-               "colour histology images (converted to grey): one label per nucleus, touching nuclei separated. "
+               "colour histology images (converted to their optical density): one label per nucleus, touching nuclei separated. "
                "Trained on the 2018 Data Science Bowl images and on generated ones.")
 DESCRIPTION_GENERATED = ("Nuclei in 2D fluorescence images (DAPI, Hoechst and similar stains): one label per "
                          "nucleus, touching nuclei separated. Trained on generated images only.")
 
 INTENDED = ("single-channel 2D fluorescence images of stained nuclei (Z stacks as 3D objects from its YX, ZX and "
             "ZY planes; time-lapses frame by frame), 8, 12 or 16 bit, widefield or confocal, nuclei about 7-45 px "
-            "across; also grey brightfield and colour histology (RGB, converted to grey), less well")
+            "across; also grey brightfield and colour histology (RGB, converted to one channel, its optical density), less well")
 
 LIMITS = ("cytoplasmic or membrane stains, phase contrast, and multi-channel images (other than RGB) are outside "
           "its experience; colour histology is segmented from one channel, its optical density; weakest on crowded, very noisy "
