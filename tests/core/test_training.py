@@ -210,7 +210,7 @@ def test_ignore_value_marks_unannotated_pixels():
         (Sample(np.zeros((32, 32)), np.ones((32, 32), np.float32)), tiny_model(), "integers"),
         (Sample(np.zeros((32, 32)), -np.ones((32, 32), np.int32)), tiny_model(), "negative"),
         (Sample(np.zeros((32, 32)), np.full((32, 32), 4)), tiny_model("semantic", classes=3), "class id 4"),
-        # channels that are not colour (colour last is converted to grey: tests/core/test_colour.py)
+        # channels that are not colour (colour last is converted to one channel: tests/core/test_colour.py)
         (Sample(np.zeros((3, 32, 32)), np.ones((32, 32), np.int32), axes="CYX"), tiny_model(), "3"),
         (Sample(np.zeros((32, 32)), np.ones((32, 32), np.int32), axes="ZYX"), tiny_model(), "axes"),
     ],

@@ -96,7 +96,7 @@ def guess_axes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...], mode
     if len(image_shape) == len(labels_shape):
         return label_axes
     if image_shape[:-1] == labels_shape and (image_shape[-1] == channels or image_shape[-1] in (3, 4)):
-        return label_axes + "C"  # the model's channels last, or a colour image (converted to grey if need be)
+        return label_axes + "C"  # the model's channels last, or a colour image (converted to one channel if need be)
     return label_axes[:-2] + "C" + label_axes[-2:]
 
 

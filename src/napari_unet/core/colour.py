@@ -176,6 +176,6 @@ def grey_for_model(image: Any, axes: str | None, spatial_dims: int, in_channels:
     grey_axes = letters[:-1]
     conversion = choose_conversion(image)
     note = (f"the image is in colour (axes {letters!r}, {shape[-1]} channels) and the model takes one channel: "
-            f"it was converted to grey ({conversion.describe()})")
+            f"it was given its {conversion.describe()}")
     warnings.warn(note, UserWarning, stacklevel=stacklevel)
     return to_grey(image, conversion), grey_axes, note
