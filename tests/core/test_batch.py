@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
@@ -22,24 +21,11 @@ from napari_unet import batch  # noqa: E402
 from napari_unet.batch import worker_models  # noqa: E402
 from napari_unet.batch.files import _plan_outputs  # noqa: E402
 from napari_unet.core.inference import segment  # noqa: E402
-from napari_unet.core.models import Model, ModelConfig, load_model, save_model  # noqa: E402
-from napari_unet.core.unet import UNetConfig  # noqa: E402
+from napari_unet.core.models import Model, load_model, save_model  # noqa: E402
 from napari_unet.synthetic import generate_nuclei  # noqa: E402
+from tiny_models import tiny_unet  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _tiny() -> Model:
-    """A tiny U-Net with batch-norm statistics far from (0, 1), as the bioimage.io tests build it."""
-    network = UNetConfig(depth=2, base_features=4, padding="same", upsampling="bilinear", norm="batch",
-                         out_channels=3)
-    model = Model.from_config(ModelConfig(network, name="tiny", description="A tiny U-Net for tests."), seed=0)
-    generator = torch.Generator().manual_seed(1)
-    for module in model.network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +36,12 @@ def model_path(tmp_path_factory) -> Path:
 
 
 def test_the_worker_cache_reloads_a_model_saved_again(tmp_path):
-    path = save_model(_tiny(), tmp_path / "tiny")
+    path = save_model(tiny_unet(), tmp_path / "tiny")
     ref = worker_models._model_ref(path)
     loads = worker_models._LOADS[0]
     first = batch.worker_model(ref)
     assert batch.worker_model(ref) is first and worker_models._LOADS[0] == loads + 1
-    save_model(_tiny(), path, overwrite=True)
+    save_model(tiny_unet(), path, overwrite=True)
     assert batch.worker_model(ref) is not first and worker_models._LOADS[0] == loads + 2
 
 

@@ -24,22 +24,10 @@ from napari_unet.core.models import Model, ModelConfig, load_model, save_model
 from napari_unet.core.normalization import Normalization
 from napari_unet.core.tiling import boundary_margin
 from napari_unet.core.unet import UNetConfig, output_size
+from tiny_models import tiny_unet
 
 DSB = ('Caicedo et al., "Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl", '
        "Nature Methods 16, 1247-1253 (2019)")
-
-
-def _tiny(**changes) -> Model:
-    network = UNetConfig(**{"depth": 2, "base_features": 4, "padding": "same", "upsampling": "bilinear",
-                            "norm": "batch", "out_channels": 3, **changes.pop("network", {})})
-    config = ModelConfig(network, name="tiny", description="A tiny U-Net for tests.", **changes)
-    model = Model.from_config(config, seed=0)
-    generator = torch.Generator().manual_seed(1)
-    for module in model.network.modules():  # running statistics far from (0, 1): eval mode must matter
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model
 
 
 def _read(package: Path) -> tuple[dict, dict[str, bytes]]:
@@ -58,7 +46,7 @@ def _assert_passes(package: Path) -> None:
 
 @pytest.fixture(scope="module")
 def instance_package(tmp_path_factory, one_thread):
-    model = _tiny(history=[{"date": "2026-12-01", "parent": None, "steps": 12, "time_s": 3.0, "samples": 2,
+    model = tiny_unet(history=[{"date": "2026-12-01", "parent": None, "steps": 12, "time_s": 3.0, "samples": 2,
                             "metrics": {"val_dice": 0.5}}],
                   card={"training data": "two images", "metrics": "F1 0.5 on nothing"},
                   provenance={"real_data": {"name": "DSB", "citation": DSB}})
@@ -127,7 +115,7 @@ def test_architecture_file_needs_only_torch(instance_package, monkeypatch, tmp_p
 
 
 def test_inverted_semantic_valid_padding_model_passes(tmp_path, one_thread):
-    model = _tiny(network={"padding": "valid", "upsampling": "transposed", "norm": "none", "out_channels": 2},
+    model = tiny_unet(network={"padding": "valid", "upsampling": "transposed", "norm": "none", "out_channels": 2},
                   task="semantic", classes=("background", "cell"), normalization=Normalization(invert=True))
     path = export_bioimageio(model, tmp_path / "inverted.zip")
     rdf, _ = _read(path)
@@ -141,7 +129,7 @@ def test_inverted_semantic_valid_padding_model_passes(tmp_path, one_thread):
 
 
 def test_3d_model_with_two_channels_passes(tmp_path, one_thread):
-    model = _tiny(network={"spatial_dims": 3, "depth": 1, "base_features": 2, "in_channels": 2}, axes="ZYX")
+    model = tiny_unet(network={"spatial_dims": 3, "depth": 1, "base_features": 2, "in_channels": 2}, axes="ZYX")
     for module in model.network.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
             module.running_var.fill_(2.0)
@@ -163,7 +151,7 @@ def test_bundled_nuclei_exports_and_passes(tmp_path, one_thread):
 
 def test_cli_export_writes_a_package_and_keeps_an_existing_file(tmp_path, one_thread, capsys, monkeypatch):
     monkeypatch.setenv("NAPARI_UNET_THREADS", "1")  # the command sets torch's threads for the whole process
-    folder = save_model(_tiny(), tmp_path / "tiny")
+    folder = save_model(tiny_unet(), tmp_path / "tiny")
     out = tmp_path / "tiny.zip"
     assert main(["export", str(folder), str(out), "--author", "A. Person", "--license", "CC-BY-4.0"]) == 0
     rdf, _ = _read(out)
@@ -174,7 +162,7 @@ def test_cli_export_writes_a_package_and_keeps_an_existing_file(tmp_path, one_th
 
 
 def test_wrong_target_or_sample_is_a_clear_error(tmp_path):
-    model = _tiny()
+    model = tiny_unet()
     with pytest.raises(InvalidInputError, match=r"\.zip"):
         export_bioimageio(model, tmp_path / "model.tar")
     with pytest.raises(InvalidInputError, match="spatial sizes"):
@@ -248,9 +236,9 @@ def test_description_gives_the_models_foreground_and_seed_thresholds():
     from napari_unet.bioimageio.describe import _readme
     from napari_unet.core.postprocess import ObjectFilter
 
-    plain = _readme(_tiny(), [], 16, 4, 4, 0)
+    plain = _readme(tiny_unet(), [], 16, 4, 4, 0)
     assert "background is not the most probable class" in plain and "interior is the most probable class" in plain
-    tuned = _readme(_tiny(object_filter=ObjectFilter(12, 0.1, foreground=0.3, seed=0.45)), [], 16, 4, 4, 0)
+    tuned = _readme(tiny_unet(object_filter=ObjectFilter(12, 0.1, foreground=0.3, seed=0.45)), [], 16, 4, 4, 0)
     assert "P(background) < 0.3" in tuned and "P(interior) > 0.45" in tuned and "smaller than 12 pixels" in tuned
 
 
@@ -258,7 +246,7 @@ def test_cli_export_reads_its_sample_as_segment_reads_images(tmp_path, one_threa
     import zarr
 
     monkeypatch.setenv("NAPARI_UNET_THREADS", "1")
-    folder = save_model(_tiny(), tmp_path / "tiny")
+    folder = save_model(tiny_unet(), tmp_path / "tiny")
     sample = np.random.default_rng(0).random((64, 72)).astype(np.float32)
     zarr.save_array(str(tmp_path / "sample.zarr"), sample)
     out = tmp_path / "tiny.zip"

@@ -14,7 +14,7 @@ import pytest
 
 import napari_unet as nu
 from napari_unet.core.metrics import object_matching
-from napari_unet.synthetic import STYLES, NucleiStyle, generate_nuclei
+from napari_unet.synthetic import STYLES, generate_nuclei
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -84,3 +84,16 @@ def run_segment(qtbot):
         return blocker.args[0]
 
     return run
+
+
+@pytest.fixture
+def finetune_widget(viewer, segment_widget):
+    """The Fine-tune dock beside the Segment dock, set for short runs (4 steps, batches of 2)."""
+    from napari_unet.widgets.finetune_widget import FinetuneWidget
+
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    assert isinstance(widget, FinetuneWidget)
+    widget.budget_spin.setValue(30)
+    widget.steps_spin.setValue(4)
+    widget.batch_spin.setValue(2)
+    return widget

@@ -13,30 +13,17 @@ import yaml
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QMessageBox
 
-from napari_unet.core.models import Model, ModelConfig, load_model, save_model
-from napari_unet.core.unet import UNetConfig
+from napari_unet.core.models import Model, load_model, save_model
 from napari_unet.widgets import export_widget as export_module
 from napari_unet.widgets.export_widget import ExportWidget
+from tiny_models import tiny_unet
 
 pytest.importorskip("bioimageio.core")
 
 
-def _tiny() -> Model:
-    """A small U-Net whose batch-norm statistics are far from their defaults, so that lost weights show."""
-    network = UNetConfig(depth=2, base_features=4, padding="same", upsampling="bilinear", norm="batch",
-                         out_channels=3)
-    model = Model.from_config(ModelConfig(network, name="tiny", description="A tiny U-Net for tests."), seed=0)
-    generator = torch.Generator().manual_seed(1)
-    for module in model.network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model
-
-
 @pytest.fixture
 def tiny_saved() -> Model:
-    model = _tiny()
+    model = tiny_unet()
     save_model(model, "tiny")
     return model
 

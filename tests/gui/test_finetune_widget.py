@@ -9,17 +9,6 @@ from napari_unet.core.library import library_dir
 from napari_unet.core.versions import read_annotations
 from napari_unet.widgets._layers import output_record
 from napari_unet.widgets._regions import regions_mask
-from napari_unet.widgets.finetune_widget import FinetuneWidget
-
-
-@pytest.fixture
-def finetune_widget(viewer, segment_widget):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    assert isinstance(widget, FinetuneWidget)
-    widget.budget_spin.setValue(30)
-    widget.steps_spin.setValue(4)
-    widget.batch_spin.setValue(2)
-    return widget
 
 
 def test_add_current_layers_pairs_the_output_with_its_image(viewer, finetune_widget, nuclei):

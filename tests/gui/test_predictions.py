@@ -8,17 +8,6 @@ import napari_unet.core.inference as inference
 from napari_unet.core.library import library_dir, read_config_json
 from napari_unet.core.memory import LIMIT_ENV
 from napari_unet.widgets._predictions import prediction_of
-from napari_unet.widgets.finetune_widget import FinetuneWidget
-
-
-@pytest.fixture
-def finetune_widget(viewer, segment_widget):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    assert isinstance(widget, FinetuneWidget)
-    widget.budget_spin.setValue(30)
-    widget.steps_spin.setValue(4)
-    widget.batch_spin.setValue(2)
-    return widget
 
 
 @pytest.fixture
