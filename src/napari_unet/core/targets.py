@@ -112,38 +112,37 @@ def read_sample(image: Any, labels: Any, mask: Any, axes: str | None, spatial: s
 
 def _check_prediction(prediction: Any, expected: tuple[int, ...], label_axes: str) -> np.ndarray:
     """The prediction must be labels of the same grid: it is compared with the labels pixel for pixel."""
-    shape = tuple(np.shape(prediction))
-    if shape != expected:
-        raise InvalidInputError(
-            f"the prediction has shape {shape} but the image's {label_axes!r} shape is {expected}; pass the "
-            "model's output labels the corrections started from (the same shape as the labels), or no prediction"
-        )
-    array = np.array(prediction, copy=True)
-    if array.dtype == bool:
-        return array.astype(np.int32)
-    if not np.issubdtype(array.dtype, np.integer) or array.min(initial=0) < 0:
+    array = _same_grid(prediction, expected, label_axes, "the prediction has", "pass the model's output labels the "
+                       "corrections started from (the same shape as the labels), or no prediction")
+    if array is None or array.min(initial=0) < 0:
         raise InvalidInputError(f"the prediction must be labels (integers, 0 background, positive ids), not "
-                                f"{array.dtype} values; pass the segmentation's labels, not its probabilities")
+                                f"{np.asarray(prediction).dtype} values; pass the segmentation's labels, not its "
+                                "probabilities")
     return array
 
 
 def _check_labels(labels: Any, expected: tuple[int, ...], label_axes: str) -> np.ndarray:
-    shape = tuple(np.shape(labels))
-    if shape != expected:
+    array = _same_grid(labels, expected, label_axes, "the labels have", "labels must match the image pixel for "
+                       "pixel (without its channel axis)")
+    if array is None:
         raise InvalidInputError(
-            f"the labels have shape {shape} but the image's {label_axes!r} shape is {expected}; labels must "
-            "match the image pixel for pixel (without its channel axis)"
-        )
-    array = np.array(labels, copy=True)
-    if array.dtype == bool:
-        return array.astype(np.int32)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise InvalidInputError(
-            f"labels must be integers (0 background, positive ids), not {array.dtype}; if they are whole "
-            "numbers stored as floats, convert them with labels.astype(int)"
+            f"labels must be integers (0 background, positive ids), not {np.asarray(labels).dtype}; if they are "
+            "whole numbers stored as floats, convert them with labels.astype(int)"
         )
     _refuse_intensities(array)
     return array
+
+
+def _same_grid(values: Any, expected: tuple[int, ...], label_axes: str, subject: str, hint: str) -> np.ndarray | None:
+    """A private integer copy of label-like ``values`` (bool becomes int32), None if they are not integers;
+    refused unless they have the image's shape without its channel axis."""
+    shape = tuple(np.shape(values))
+    if shape != expected:
+        raise InvalidInputError(f"{subject} shape {shape} but the image's {label_axes!r} shape is {expected}; {hint}")
+    array = np.array(values, copy=True)
+    if array.dtype == bool:
+        return array.astype(np.int32)
+    return array if np.issubdtype(array.dtype, np.integer) else None
 
 
 def _refuse_intensities(labels: np.ndarray) -> None:

@@ -275,10 +275,7 @@ def sample_batch(data: TrainingData, batch_size: int, rng: np.random.Generator, 
 def _annotated_origin(data: TrainingData, rng: np.random.Generator) -> tuple[tuple[int, ...], int]:
     """A patch origin (and its item) with a random annotated pixel anywhere in the patch's output; items are
     drawn in proportion to their annotated area."""
-    index = int(rng.choice(len(data.items), p=data.item_probability))
-    shape = data.items[index].targets.classes.shape
-    pixels = data.train_pixels[index]
-    centre = np.unravel_index(int(pixels[rng.integers(len(pixels))]), shape)
+    index, centre, shape = _draw_pixel(data.item_probability, data.train_pixels, data, rng)
     origin = []
     for c, size, patch, out in zip(centre, shape, data.input_shape, data.output_shape):
         start = int(c) - (patch - out) // 2 - int(rng.integers(out))
@@ -289,12 +286,19 @@ def _annotated_origin(data: TrainingData, rng: np.random.Generator) -> tuple[tup
 def _correction_origin(data: TrainingData, rng: np.random.Generator) -> tuple[tuple[int, ...], int]:
     """A patch origin (and its item) with a random corrected pixel near the middle of the output (within a
     quarter of it), so that the correction is seen with its surroundings on every side."""
-    index = int(rng.choice(len(data.items), p=data.correction_probability))
-    shape = data.items[index].targets.classes.shape
-    pixels = data.correction_pixels[index]
-    centre = np.unravel_index(int(pixels[rng.integers(len(pixels))]), shape)
+    index, centre, shape = _draw_pixel(data.correction_probability, data.correction_pixels, data, rng)
     origin = []
     for c, size, patch, out in zip(centre, shape, data.input_shape, data.output_shape):
         jitter = int(rng.integers(-(out // 4), out // 4 + 1))
         origin.append(min(max(int(c) - patch // 2 + jitter, 0), size - patch))
     return tuple(origin), index
+
+
+def _draw_pixel(probability: Any, pixels: Any, data: TrainingData, rng: np.random.Generator
+                ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """An item drawn with ``probability``, one of its ``pixels`` (flat indices) at random: (item, pixel, item
+    shape). The draws are those the two origins made before, in the same order."""
+    index = int(rng.choice(len(data.items), p=probability))
+    shape = data.items[index].targets.classes.shape
+    flat = pixels[index]
+    return index, np.unravel_index(int(flat[rng.integers(len(flat))]), shape), shape
