@@ -103,6 +103,9 @@ class NucleiStyle:
     """3D only: height of a nucleus relative to its in-plane radius (adherent nuclei are flat)."""
     axial_blur: float = 3.0
     """3D only: axial PSF sigma relative to the lateral one, in physical units."""
+    depth_attenuation: float = 0.0
+    """3D only: fraction of the signal lost from the first plane to the last (light absorbed and scattered deeper
+    in the sample), falling linearly with depth."""
 
     def __post_init__(self) -> None:
         """Reject values that would silently produce a meaningless image."""
@@ -113,7 +116,8 @@ class NucleiStyle:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"NucleiStyle.{name} must be positive, not {getattr(self, name)!r}")
-        fractions = ("density", "clustering", "mitotic_fraction", "dome", "nucleolus_depth", "illumination")
+        fractions = ("density", "clustering", "mitotic_fraction", "dome", "nucleolus_depth", "illumination",
+                     "depth_attenuation")
         for name in fractions:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"NucleiStyle.{name} must lie in [0, 1], not {getattr(self, name)!r}")
@@ -447,6 +451,9 @@ def _acquire(rng: np.random.Generator, style: NucleiStyle, stain: np.ndarray, sp
     if stain.ndim == 3:
         sigma[0] *= style.axial_blur
     light = ndimage.gaussian_filter(stain, sigma) if style.blur > 0 else stain
+    if stain.ndim == 3 and style.depth_attenuation > 0 and stain.shape[0] > 1:
+        depth = np.linspace(0.0, 1.0, stain.shape[0], dtype=np.float32)[:, None, None]
+        light *= 1.0 - style.depth_attenuation * depth
     light += style.background
     light *= _illumination(rng, style.illumination, stain.shape)
     counts = rng.poisson(light * style.photon_scale).astype(np.float32)

@@ -85,6 +85,18 @@ def test_3d_stack_has_valid_labels_and_visible_objects() -> None:
     assert depth < height
 
 
+def test_depth_attenuation_dims_deeper_planes_and_leaves_labels_alone() -> None:
+    style = replace(STYLES["default"], z_anisotropy=1.0, background=0.0, read_noise=0.0, photon_scale=1e6)
+    even, labels = generate_nuclei((24, 64, 64), style, seed=5)
+    dimmed, same_labels = generate_nuclei((24, 64, 64), replace(style, depth_attenuation=0.6), seed=5)
+    np.testing.assert_array_equal(labels, same_labels)
+    ratio = [dimmed[z].astype(float).sum() / max(even[z].astype(float).sum(), 1.0) for z in (2, 21)]
+    assert ratio[0] > 0.9  # near the top hardly anything is lost ...
+    assert 0.35 < ratio[1] < 0.55  # ... near the bottom most of 60 %
+    with pytest.raises(ValueError, match="depth_attenuation"):
+        NucleiStyle(depth_attenuation=1.5)
+
+
 def test_density_and_scale_knobs_act_as_documented() -> None:
     _, sparse = generate_nuclei((192, 192), replace(STYLES["default"], density=0.1), seed=4)
     _, crowded = generate_nuclei((192, 192), replace(STYLES["default"], density=0.4), seed=4)
