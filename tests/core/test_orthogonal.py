@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from napari_unet.cli import main
-from napari_unet.core import orthogonal
+from napari_unet.core import orthogonal, zsampling
 from napari_unet.core.cancel import CancelToken
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.inference import segment
@@ -166,8 +166,8 @@ def test_a_coarse_z_is_resampled_for_the_passes_and_the_labels_come_back_to_the_
     assert any("pixels are not square (Y 0.4, X 0.625)" in m for m in oblong.messages)
     unscaled = segment(stack, model, **FLOAT32)
     assert not np.allclose(unscaled.probabilities, result.probabilities, atol=1e-3), "Z is not treated like X"
-    np.testing.assert_array_equal(orthogonal.nearest_planes(5, 9), [0, 2, 4, 6, 8])
-    assert orthogonal.resampled_depth(16, 1.0) == 16 and orthogonal.resampled_depth(16, 2.0) == 31
+    np.testing.assert_array_equal(zsampling.nearest_planes(5, 9), [0, 2, 4, 6, 8])
+    assert zsampling.resampled_depth(16, 1.0) == 16 and zsampling.resampled_depth(16, 2.0) == 31
 
 
 def test_thin_zx_and_zy_planes_are_batched_up_to_the_pixels_of_a_yx_tile(monkeypatch):

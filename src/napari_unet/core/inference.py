@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet.core import sizing
+from napari_unet.core import sizing, zsampling
 from napari_unet.core.axes import Layout, resolve_axes
 from napari_unet.core.cancel import CancelLike, raise_if_cancelled
 from napari_unet.core.colour import grey_for_model
@@ -130,7 +130,8 @@ def segment_steps(image: Any, model: Model, axes: str | None = None, device: str
     keep_partial: on cancel or error keep what was written into the caller's ``out`` and ``probabilities``
         arrays; by default every plane written to is set back to zero.
     scale: pixel size per spatial axis of the image (Z, Y, X in the image's order), e.g. (2.0, 0.5, 0.5); None
-        means isotropic. The 3D route resamples Z to the lateral pixel size (:mod:`~napari_unet.core.orthogonal`).
+        means isotropic. The 3D route resamples Z to the lateral pixel size (:mod:`~napari_unet.core.orthogonal`);
+        a 3D model that records the Z step it was trained at gets Z resampled to it (:mod:`~napari_unet.core.zsampling`).
     stack: how a 2D instance model treats a z-stack: "3d" (the default where Z has several planes) runs it on
         the YX, ZX and ZY planes and labels the averaged map in 3D, so each object has one id through the
         stack; "planes" labels each plane on its own. Semantic 2D models go plane by plane; 3D models ignore it.
@@ -143,7 +144,8 @@ def segment_steps(image: Any, model: Model, axes: str | None = None, device: str
     options = {"device": device, "tile_shape": tile_shape, "overlap": overlap, "batch_size": batch_size,
                "progress": progress, "cancel": cancel, "out": out, "tta": tta, "precision": precision,
                "probabilities": probabilities, "keep_partial": keep_partial, "scale": scale, "stack": stack}
-    return (yield from sizing.segment_at_size(_steps_at_own_size, image, model, axes, diameter, options))
+    at_own_size = functools.partial(zsampling.segment_on_model_grid, _steps_at_own_size)
+    return (yield from sizing.segment_at_size(at_own_size, image, model, axes, diameter, options))
 
 
 def _steps_at_own_size(image: Any, model: Any, axes: str | None, *, device: str | torch.device,

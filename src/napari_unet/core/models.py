@@ -61,6 +61,7 @@ class ModelConfig:
     ignore_value: int | None = None  # label value that marks unannotated pixels in training data
     object_filter: ObjectFilter = field(default_factory=ObjectFilter)  # instance models: which objects to drop
     object_diameter: float | None = None  # typical object diameter (px) of the training data, for rescaling
+    z_step: float | None = None  # 3D models: Z step of the training voxels in pixel sizes (1.0: isotropic)
     card: dict[str, Any] = field(default_factory=dict)  # intended images, training data, metrics, limits
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per training run
     provenance: dict[str, Any] = field(default_factory=dict)  # parent, date, data fingerprint, versions
@@ -80,6 +81,8 @@ class ModelConfig:
                                                      and 0 < self.object_diameter < math.inf):
             raise InvalidInputError(f"object_diameter must be a positive number of pixels, not "
                                     f"{self.object_diameter!r}")
+        if self.z_step is not None and not (isinstance(self.z_step, (int, float)) and 0 < self.z_step < math.inf):
+            raise InvalidInputError(f"z_step must be a positive number of pixel sizes, not {self.z_step!r}")
         expected_axes = "YX" if self.network.spatial_dims == 2 else "ZYX"
         if self.axes != expected_axes:
             raise InvalidInputError(f"a {self.network.spatial_dims}D network has axes {expected_axes!r}, not {self.axes!r}")
@@ -102,6 +105,7 @@ class ModelConfig:
             "ignore_value": self.ignore_value,
             "object_filter": self.object_filter.to_dict(),
             "object_diameter": self.object_diameter,
+            "z_step": self.z_step,
             "card": self.card,
             "history": self.history,
             "provenance": self.provenance,
@@ -128,6 +132,7 @@ class ModelConfig:
                 ignore_value=data.get("ignore_value"),
                 object_filter=ObjectFilter.from_dict(data.get("object_filter") or {}),
                 object_diameter=data.get("object_diameter"),
+                z_step=data.get("z_step"),
                 card=dict(data.get("card") or {}),
                 history=list(data.get("history") or []),
                 provenance=dict(data.get("provenance") or {}),

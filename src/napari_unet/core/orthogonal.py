@@ -48,6 +48,8 @@ from napari_unet.core.colour import grey_for_model, is_colour
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.postprocess import ObjectFilter, clear
 from napari_unet.core.runner import physical_memory
+from napari_unet.core.zsampling import (check_scale, lateral_size, nearest_planes, renumbered, resample_planes,
+                                        resampled_depth)
 
 STACKS = ("3d", "planes")
 """How a 2D model treats a z-stack: ``"3d"`` 3D objects (three orthogonal passes), ``"planes"`` plane by plane."""
@@ -92,13 +94,14 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
                                                                                in_channels=channels)
     if is_colour(letters, shape, channels):
         letters, shape = letters[:-1], shape[:-1]  # what grey_for_model makes of it, without converting yet
-    sizes = _check_scale(scale, letters)
+    sizes = check_scale(scale, letters)
     has_depth = "Z" in letters and shape[letters.index("Z")] > 1
     if dims == 3:
         note = None
-        if "Z" in sizes and not math.isclose(sizes["Z"], _lateral(sizes), rel_tol=0.01):
-            note = (f"the voxel size {tuple(sizes.values())} was not used: a 3D model takes the voxels as they "
-                    "are, so give it stacks sampled like the ones it was trained on")
+        if "Z" in sizes and not math.isclose(sizes["Z"], lateral_size(sizes), rel_tol=0.01):
+            note = (f"the voxel size {tuple(sizes.values())} was not used: this 3D model records no Z step of its "
+                    "own (z_step), so it takes the voxels as they are; give it stacks sampled like the ones it was "
+                    "trained on")
         return None, note
     if stack == "planes" or (stack is None and (config.task != "instance" or not has_depth)):
         return None, None
@@ -110,7 +113,7 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
                                 "Z (e.g. 'ZYX'), or leave stack at its default")
     if not has_depth:
         return None, None  # a single plane: its YX pass is the whole story
-    factor = sizes["Z"] / _lateral(sizes) if sizes else 1.0
+    factor = sizes["Z"] / lateral_size(sizes) if sizes else 1.0
     colour = len(letters) < len(checked.shape)
     problem = _too_large(letters, shape, factor, 4 if colour else np.dtype(checked.dtype).itemsize,
                          config.network.out_channels)
@@ -124,7 +127,7 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
     notes = [grey_note] if grey_note else []
     if sizes and not math.isclose(sizes["Y"], sizes["X"], rel_tol=0.01):
         notes.append(f"the pixels are not square (Y {sizes['Y']:g}, X {sizes['X']:g}): Z was resampled to their "
-                     f"geometric mean, {_lateral(sizes):.3g}, and the model saw the planes as they are")
+                     f"geometric mean, {lateral_size(sizes):.3g}, and the model saw the planes as they are")
     image_axes = letters + "C" if grey_note else letters
     return StackPlan(grey, letters, image_axes, tuple(notes), factor), None
 
@@ -144,26 +147,6 @@ def _too_large(letters: str, shape: Sequence[int], factor: float, itemsize: int,
             f"{available / 2**30:.0f} GiB")
 
 
-def _check_scale(scale: Sequence[float] | None, axes: str) -> dict[str, float]:
-    """The pixel size per spatial axis of the image (Z, Y, X in the image's order), or {} for None."""
-    if scale is None:
-        return {}
-    spatial = [a for a in axes if a in "ZYX"]
-    try:
-        values = [float(s) for s in scale]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != len(spatial) or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidInputError(f"scale must give one positive pixel size per spatial axis of the image "
-                                f"({''.join(spatial)}), e.g. scale={(2.0, 1.0, 1.0)[-len(spatial):]}, not {scale!r}")
-    return dict(zip(spatial, values))
-
-
-def _lateral(sizes: dict[str, float]) -> float:
-    """The lateral pixel size: the geometric mean of Y and X (the same where the pixels are square)."""
-    return math.sqrt(sizes["Y"] * sizes["X"])
-
-
 def lateral_blur(step: float) -> float:
     """Gaussian sigma (pixels) along Y and X that the ZX and ZY passes of a stack upsampled ``step`` times in Z see.
 
@@ -176,20 +159,6 @@ def lateral_blur(step: float) -> float:
     the blur).
     """
     return math.sqrt(max(step * step - 1.0, 0.0) / 12.0)
-
-
-def resampled_depth(depth: int, factor: float) -> int:
-    """Planes of a stack of ``depth`` planes resampled to Z steps ``factor`` times finer (first and last kept)."""
-    if depth <= 1:
-        return depth
-    return max(1, int(round((depth - 1) * factor))) + 1
-
-
-def nearest_planes(depth: int, resampled: int) -> np.ndarray:
-    """For each original plane, the index of the nearest plane of the resampled stack."""
-    if depth <= 1 or resampled <= 1:
-        return np.zeros(depth, dtype=np.intp)
-    return np.rint(np.arange(depth) * ((resampled - 1) / (depth - 1))).astype(np.intp)
 
 
 def memory_needed(voxels: int, resampled_voxels: int, channels: int, itemsize: int, classes: int) -> int:
@@ -315,8 +284,7 @@ class _StackRun:
         volume = np.asarray(self.layout.plane_view(self.plan.image, where)[:])  # (C, Z, Y, X)
         across, across_model = volume, self.pass_model  # what the ZX and ZY passes see, and how it is normalised
         if self.resampled != self.depth:
-            volume = ndimage.zoom(volume.astype(np.float32), (1, self.resampled / self.depth, 1, 1), order=1,
-                                  mode="nearest", prefilter=False)
+            volume = resample_planes(volume, self.resampled, axis=1)
             across = volume
             step = (self.resampled - 1) / max(self.depth - 1, 1)
             if step > 1:  # blurred, and normalised with its own percentiles, which the blur drew together
@@ -365,10 +333,7 @@ class _StackRun:
         del interior, foreground
         planes = nearest_planes(self.depth, self.resampled)
         if self.resampled != self.depth:
-            ids, labels = np.unique(labels[planes], return_inverse=True)  # objects thinner than a Z step may go
-            labels = labels.reshape(self.depth, *shape[1:]).astype(np.int32)
-            if ids[0] != 0:  # no background at all
-                labels += 1
+            labels = renumbered(labels[planes]).astype(np.int32, copy=False)
         objects = int(labels.max(initial=0))
         if self.count + objects > np.iinfo(np.dtype(self.labels.dtype)).max:
             raise OverflowError(f"{self.count + objects} objects do not fit the labels dtype {self.labels.dtype}; "

@@ -65,11 +65,12 @@ def _factor(trained: float, diameter: float) -> float:
     return 1.0 if abs(math.log(factor)) < math.log(TOLERANCE) else factor
 
 
-def _nbytes(image: Any) -> float:
+def fits_in_memory(image: Any) -> bool:
+    """Whether a (lazy) image is small enough, :data:`IN_MEMORY_BYTES`, to be read whole and resampled."""
     try:
-        return math.prod(image.shape) * np.dtype(image.dtype).itemsize
+        return math.prod(image.shape) * np.dtype(image.dtype).itemsize <= IN_MEMORY_BYTES
     except (AttributeError, TypeError):
-        return math.inf
+        return False
 
 
 def _check_diameter(diameter: Any) -> None:
@@ -98,7 +99,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
         _check_diameter(diameter)
     config = getattr(model, "config", None)  # not a model: segment_steps says so
     trained = model_diameter(config) if config is not None else None
-    small = isinstance(image, np.ndarray) or _nbytes(image) <= IN_MEMORY_BYTES
+    small = isinstance(image, np.ndarray) or fits_in_memory(image)
     if diameter is None or trained is None or not small:
         result = yield from run(image, model, axes, **options)
         if diameter is not None:
@@ -128,7 +129,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     if options.get("scale") is not None:  # the resampled pixels are smaller in Y and X by the factor
         scale = list(options["scale"])
         inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
-    result = yield from _without_previews(run(resampled, model, letters, **inner))
+    result = yield from without_previews(run(resampled, model, letters, **inner))
     _resampled(result, image.shape, yx)
     for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
         if target is not None and not isinstance(target, bool):  # the caller's arrays (zarr...)
@@ -139,7 +140,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     return result
 
 
-def _without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+def without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     """The progress of a run on the resampled image, whose previews lie on the resampled grid and so are not
     passed on (a viewer would draw them in the wrong place); the final labels are on the image's grid."""
     while True:
