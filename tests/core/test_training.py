@@ -12,6 +12,7 @@ import torch
 from napari_unet.core.cancel import CancelToken
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.models import Model, ModelConfig
+from napari_unet.core.targets import instance_targets
 from napari_unet.core.training import Sample, TrainProgress, finetune, finetune_steps
 from napari_unet.core.unet import UNetConfig
 from napari_unet.core.versions import read_annotations
@@ -177,6 +178,20 @@ def test_one_labelled_slice_of_a_stack_trains_a_2d_model():
     assert tuned.config.provenance["annotated_pixels"] == 40 * 40
     (_, annotated, axes), = read_annotations(tuned)
     assert axes == "ZYX" and annotated[3].all() and not annotated[[0, 1, 2, 4, 5]].any()
+
+
+def test_a_3d_model_learns_from_a_few_labelled_planes_of_a_stack_and_only_from_them():
+    image, labels = generate_nuclei((8, 32, 32), "dense", seed=5)
+    sparse = np.zeros_like(labels)
+    sparse[[2, 5]] = labels[[2, 5]]
+    tuned = finetune(tiny_model(spatial_dims=3), [Sample(image, sparse, axes="ZYX")], steps=2, **FAST)
+    (_, annotated, axes), = read_annotations(tuned)
+    assert axes == "ZYX" and annotated[[2, 5]].all() and not annotated[[0, 1, 3, 4, 6, 7]].any()
+    # the unlabelled planes above and below are unknown, not background: objects keep their interior
+    targets = instance_targets(sparse, annotated)
+    for plane in (2, 5):
+        alone = instance_targets(labels[plane], np.ones(labels.shape[1:], bool))
+        np.testing.assert_array_equal(targets.classes[plane], alone.classes)
 
 
 def test_3d_semantic_multichannel_and_valid_padding_models_train():
