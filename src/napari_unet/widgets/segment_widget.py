@@ -53,6 +53,7 @@ from napari_unet.widgets._layers import (
 from napari_unet.widgets import _scratch
 from napari_unet.widgets._live import LiveLabels
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
+from napari_unet.widgets._doubts import DoubtPanel, Reviewed, with_doubts
 from napari_unet.widgets._predictions import forget_prediction, keep_prediction
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._registry import register_segment_widget
@@ -155,6 +156,7 @@ class SegmentWidget(QWidget):
         self.progress_bar = ProgressLine()
         self.status = QLabel("Choose an image and a model, then press Segment.")
         self.status.setWordWrap(True)
+        self.doubts = DoubtPanel(napari_viewer, lambda layer: self._view_bounds(layer, "Z" * (layer.ndim - 2) + "YX"))
 
         main = QFormLayout()
         main.addRow("Image", self.image_picker)
@@ -171,6 +173,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.run_button)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.doubts)
         layout.addStretch(1)
 
         self.image_picker.currentIndexChanged.connect(self._on_image_changed)
@@ -305,6 +308,8 @@ class SegmentWidget(QWidget):
         lazy = _too_large(data.shape, axes, scope, model_path, self.probabilities_check.isChecked())
         output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name, lazy)
         forget_prediction(output)  # its labels change now; a successful run keeps the new ones (see _finish)
+        self.doubts.forget()
+        doubts = self.doubts.wanted and not lazy  # a run too large for memory has no probabilities in memory
         token = CancelToken()
         progress = RunProgress(f"Segmenting {layer.name}", cancel_callback=lambda: self.cancel("cancelled"))
         run = _Run(layer, output, created, scope, token, progress, LiveLabels(output, self),
@@ -317,11 +322,13 @@ class SegmentWidget(QWidget):
             "batch_size": self.batch_spin.value() or None,
             "tta": self.tta_check.isChecked(),
             "precision": self.precision_picker.currentText(),
-            "probabilities": run.probabilities,
+            "probabilities": run.probabilities or doubts,
             "diameter": self.diameter_spin.value() or None,
             "scale": spatial_scale(layer, layer_axes, scope.axes),
         }
         steps = lambda: segment_in_worker(crop, model_path, token, options)  # noqa: E731
+        if doubts:
+            steps = lambda: with_doubts(segment_in_worker(crop, model_path, token, options))  # noqa: E731
         if lazy:
             steps = self._lazy_steps(run, crop, model_path, options, clear=not created)
         run.worker = start_worker(steps, lambda event: self._on_event(run, event), self, token, "Segment")
@@ -445,6 +452,9 @@ class SegmentWidget(QWidget):
         output_alive = run.output in self.viewer.layers
         if outcome.status == "done" and output_alive and not run.stop_reason:
             result = outcome.value
+            reviewed = result if isinstance(result, Reviewed) else None
+            if reviewed is not None:
+                result = reviewed.result
             if run.lazy:  # already in the layer's zarr array (final ids): no full-volume work here
                 run.live.refresh_all()
             else:
@@ -453,6 +463,8 @@ class SegmentWidget(QWidget):
                 run.live.write(run.scope.output_index, labels)
                 keep_prediction(run.output)  # what the user's corrections will be measured against
                 autosaver_for(self.viewer).watch(run.output)  # the user will correct it: keep their work safe
+                if reviewed is not None:
+                    self.doubts.show_result(reviewed, run.source, run.output, run.scope)
             run.output.metadata["napari_unet"]["partial"] = False
             if run.probabilities and getattr(result, "probabilities", None) is not None:
                 (self._show_lazy_probabilities if run.lazy else self._show_probabilities)(run, result)
@@ -507,7 +519,6 @@ class SegmentWidget(QWidget):
         import dask.array as da
 
         probabilities = result.probabilities
-        folder = _scratch.folder_of(probabilities)
         kwargs = geometry_kwargs(run.output)
         part = run.scope.output_index
         kwargs["translate"] = tuple(t + s.start * scale for t, s, scale in
