@@ -37,7 +37,12 @@ GPU_SHARE = 0.4
 
 
 class Network:
-    """An inference-ready copy of a network on one device; ``network(batch)`` gives class probabilities."""
+    """An inference-ready copy of a network on one device; ``network(batch)`` gives class probabilities.
+
+    A network whose ``outputs_probabilities`` attribute is true (one from another tool's bioimage.io package,
+    whose own postprocessing ends in probabilities) is taken as it is; any other gets a softmax (a sigmoid for
+    one class) over its scores.
+    """
 
     def __init__(self, network: nn.Module, device: torch.device, precision: str = "auto", tta: bool = False) -> None:
         self.device = device
@@ -49,12 +54,15 @@ class Network:
         self.autocast = autocast_dtype(device, precision)
         self.half = self.autocast is not None
         self.precision_name = str(self.autocast).replace("torch.", "") if self.half else "float32"
-        net = fold_batchnorm(_cpu_copy(network).eval())
-        self.spatial_dims = _spatial_dims(net)
-        self.memory_format = None
-        if device.type in ("cpu", "cuda"):
-            self.memory_format = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
-        self.net = net.to(device=device, memory_format=self.memory_format or torch.contiguous_format)
+        self.activate = not getattr(network, "outputs_probabilities", False)
+        with warnings.catch_warnings():  # moving a TorchScript module reads its parameters' .grad, and warns
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+            net = fold_batchnorm(_cpu_copy(network).eval())
+            self.spatial_dims = _spatial_dims(net)
+            self.memory_format = None
+            if device.type in ("cpu", "cuda"):
+                self.memory_format = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+            self.net = net.to(device=device, memory_format=self.memory_format or torch.contiguous_format)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities (sigmoid for one class), float32, for a float32 (N, C, *spatial) batch."""
@@ -66,7 +74,8 @@ class Network:
             total = None
             for dims in flip_sets:
                 y = self.net(x.flip(dims) if dims else x).float()
-                y = torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
+                if self.activate:
+                    y = torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
                 y = y.flip(dims) if dims else y
                 total = y if total is None else total + y
             probabilities = total / len(flip_sets) if len(flip_sets) > 1 else total
@@ -99,6 +108,8 @@ def _spatial_dims(net: nn.Module) -> int:
     config = getattr(net, "config", None)
     if isinstance(config, UNetConfig):
         return config.spatial_dims
+    if isinstance(getattr(net, "spatial_dims", None), int):  # a package network (TorchScript hides its layers)
+        return net.spatial_dims
     return 3 if any(isinstance(m, nn.Conv3d) for m in net.modules()) else 2
 
 
@@ -175,8 +186,10 @@ def bytes_per_pixel(config: UNetConfig, half: bool) -> int:
 
     Measured with PyTorch 2 on a CPU: 26-35 bytes per top-level feature per pixel (the skip connection, the
     up-sampled features, their concatenation and two convolution outputs are alive at once at the top level;
-    the deeper levels add less). Half precision halves it.
+    the deeper levels add less). Half precision halves it. A package network states its own (float32) estimate.
     """
+    if not isinstance(config, UNetConfig):
+        return config.bytes_per_pixel // (2 if half else 1)
     return 9 * config.base_features * (2 if half else 4)
 
 
@@ -192,9 +205,9 @@ def auto_tile_shape(config: UNetConfig, shape: Sequence[int], device: torch.devi
                     overlap: int | None = None) -> tuple[int, ...]:
     """The largest tile for a plane of ``shape``: the whole plane if it fits the memory budget, else the
     cheapest split (fewest pixels computed, margins included) among tiles that do."""
-    from napari_unet.core.tiling import plan_tiles
+    from napari_unet.core.tiling import grid_step, plan_tiles
 
-    g = 2**config.depth
+    g = grid_step(config)
     edge = CPU_TILE_EDGE[config.spatial_dims] if device.type == "cpu" else 4096
     budget = _device_budget(device)
     limit = max(budget // bytes_per_pixel(config, half), g**config.spatial_dims)
@@ -225,11 +238,11 @@ def smaller_tile_shape(config: UNetConfig, shape: Sequence[int], tile_shape: Seq
     """Tiles that need less memory than ``tile_shape`` after an out-of-memory failure: about half its longest
     side, if a plane of ``shape`` can still be tiled that way; None when it cannot shrink."""
     from napari_unet.core.errors import InvalidInputError
-    from napari_unet.core.tiling import plan_tiles
+    from napari_unet.core.tiling import grid_step, plan_tiles
 
     current = list(tile_shape)
     axis = int(np.argmax(current))
-    step = 2**config.depth
+    step = grid_step(config)
     for size in range(current[axis] // 2, current[axis], step):
         tiles = current[:axis] + [size] + current[axis + 1:]
         try:

@@ -19,6 +19,11 @@ guessed: bilinear up-sampling, for one, reaches a little further than the kernel
 The whole-image pass this matches is: for valid networks, the image mirrored by the halo on every side; for
 same networks, the image padded with zeros (after normalisation) at the far end of each axis up to a multiple
 of ``g``, which the network needs anyway.
+
+A network from another tool's bioimage.io package is planned like a valid network: its config (not a
+:class:`UNetConfig`) states its own size rule (``min + k * step``), its output size and its halo, which its
+network crops itself, and how the image border is mirrored (the package's pad mode); tiles start on
+multiples of ``step``. See :mod:`napari_unet.bioimageio.foreign`.
 """
 from __future__ import annotations
 
@@ -48,7 +53,11 @@ def boundary_margin(config: UNetConfig) -> tuple[int, int]:
     on the pixel's position in the pooling grid, so it is measured at every alignment. An output is exact when
     no pixel beyond the tile edge reaches it; the margin is the furthest such reach, less the halo a valid
     network drops anyway (zero for the paper's network). Cached per architecture.
+
+    A package network's halo is declared by its package and cropped by the network: nothing more to drop.
     """
+    if not isinstance(config, UNetConfig):
+        return 0, 0
     config = replace(config, spatial_dims=2)  # kernels are isotropic: the reach along an axis is the same in 3D
     g = 2**config.depth
     probe = _probe_network(config)
@@ -94,9 +103,25 @@ def _one_thread() -> Iterator[None]:
 
 
 def _valid_at_least(config: UNetConfig, n: int) -> int:
-    while output_size(config, n) is None:
+    while _output_size(config, n) is None:
         n += 1
     return n
+
+
+def grid_step(config: Any) -> int:
+    """Tiles start on multiples of this: the pooling grid of a U-Net, the size step of a package network."""
+    return 2**config.depth if isinstance(config, UNetConfig) else config.step
+
+
+def _output_size(config: Any, size: int) -> int | None:
+    return output_size(config, size) if isinstance(config, UNetConfig) else config.output_size(size)
+
+
+def _sizes_near(config: Any, size: int) -> list[int]:
+    """The largest valid input length <= ``size`` and the smallest > ``size`` (those that exist), sorted."""
+    if isinstance(config, UNetConfig):
+        return valid_sizes_near(config, size, count=1)
+    return config.sizes_near(size)
 
 
 def _probe_network(config: UNetConfig) -> nn.Module:
@@ -152,7 +177,7 @@ class TilePlan:
 
     axes: tuple[AxisPlan, ...]
     margin: tuple[int, int]  # outputs dropped after a tile's start and before its end (inner edges only)
-    mode: str  # "reflect" (valid networks: mirror the image) or "zeros" (same networks: zero padding)
+    mode: str  # "zeros" (same networks: zero padding), else how the image is mirrored (see read_tile)
 
     @property
     def tile_shape(self) -> tuple[int, ...]:
@@ -188,7 +213,8 @@ def plan_tiles(config: UNetConfig, shape: Sequence[int], tile_shape: Sequence[in
     m = boundary_margin(config) if margin is None else (int(margin), int(margin))
     plan = _plan_valid if config.padding == "valid" else _plan_same
     axes = tuple(plan(config, int(n), int(t), m) for n, t in zip(shape, tile_shape))
-    return TilePlan(axes, m, "reflect" if config.padding == "valid" else "zeros")
+    mode = "zeros" if config.padding == "same" else getattr(config, "pad_mode", "reflect")
+    return TilePlan(axes, m, mode)
 
 
 def _plan_same(config: UNetConfig, n: int, tile: int, margin: tuple[int, int]) -> AxisPlan:
@@ -216,33 +242,33 @@ def _plan_same(config: UNetConfig, n: int, tile: int, margin: tuple[int, int]) -
     return _partition(n, size, size, 0, starts, lows, highs)
 
 
-def _plan_valid(config: UNetConfig, n: int, tile: int, margin: tuple[int, int]) -> AxisPlan:
-    g = 2**config.depth
+def _plan_valid(config: Any, n: int, tile: int, margin: tuple[int, int]) -> AxisPlan:
+    g = grid_step(config)
     before, after = margin
     first = -(-before // g) * g  # the first output tile starts this far before the image
 
     def origins(size: int) -> list[int] | None:  # output origins of tiles of this input size
-        out = output_size(config, size)
+        out = _output_size(config, size)
         stride = (out - before - after) // g * g
         if stride < g:
             return None
         last = max(-first, -(-(n + after - out) // g) * g)
         return _spread(-first, last, 1 + -(-(last + first) // stride), g)
 
-    sizes = valid_sizes_near(config, max(tile, 1), count=1)
+    sizes = _sizes_near(config, max(tile, 1))
     size = ([s for s in sizes if s <= tile] or sizes[-1:])[-1]
     chosen = origins(size)
     if chosen is None:
         raise InvalidInputError(f"tile length {tile} is too small for this network; use tiles of at least "
                                 f"{_valid_at_least(config, size + before + after + g)} pixels")
     while True:  # the smallest valid tiles that need no more of them
-        below = valid_sizes_near(config, size - 1, count=1)
+        below = _sizes_near(config, size - 1)
         smaller = [s for s in below if s < size]
         fewer = origins(smaller[-1]) if smaller else None
         if fewer is None or len(fewer) > len(chosen):
             break
         size, chosen = smaller[-1], fewer
-    out = output_size(config, size)
+    out = _output_size(config, size)
     halo = (size - out) // 2
     lows = [o + before for o in chosen]
     highs = [o + out - after for o in chosen]
@@ -288,7 +314,8 @@ def read_tile(view: Any, start: Sequence[int], shape: Sequence[int], mode: str, 
 
     Only the part inside the image is read from ``view``. ``mode="zeros"`` fills the rest with zeros after
     normalisation (what same-padding convolutions see at the border), ``mode="reflect"`` mirrors the image
-    (without repeating the edge pixel, as the U-Net paper does), as often as needed for tiny images.
+    (without repeating the edge pixel, as the U-Net paper does), as often as needed for tiny images;
+    ``"symmetric"`` (repeating it) and ``"edge"`` are the other ways a bioimage.io package may ask for.
     ``normalize(raw)`` maps a raw (C, ...) block to float32.
     """
     spatial = view.shape[1:]
@@ -305,7 +332,8 @@ def read_tile(view: Any, start: Sequence[int], shape: Sequence[int], mode: str, 
             bad = np.zeros(tuple(shape), dtype=bool)
             bad[inner] = bad_raw
     else:
-        index = [_reflect(np.arange(s, s + t), n) for s, t, n in zip(start, shape, spatial)]
+        fold = _MIRRORS[mode]
+        index = [fold(np.arange(s, s + t), n) for s, t, n in zip(start, shape, spatial)]
         raw = np.asarray(view[(slice(None),) + tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)])
         bad_raw, low, high = _inspect(raw)
         take = np.ix_(*[i - i.min() for i in index])
@@ -321,6 +349,15 @@ def _reflect(index: np.ndarray, n: int) -> np.ndarray:
     period = 2 * (n - 1)
     folded = np.mod(index, period)
     return np.where(folded < n, folded, period - folded)
+
+
+def _symmetric(index: np.ndarray, n: int) -> np.ndarray:
+    """Mirror indices into ``[0, n)`` like ``np.pad(mode="symmetric")`` (the edge pixel repeated)."""
+    folded = np.mod(index, 2 * n)
+    return np.where(folded < n, folded, 2 * n - 1 - folded)
+
+
+_MIRRORS = {"reflect": _reflect, "symmetric": _symmetric, "edge": lambda index, n: np.clip(index, 0, n - 1)}
 
 
 def _inspect(raw: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
