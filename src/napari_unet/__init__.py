@@ -42,6 +42,7 @@ _PUBLIC = {
     "InvalidInputError": "napari_unet.core.errors",
     "ModelFileError": "napari_unet.core.errors",
     "ModelExistsError": "napari_unet.core.errors",
+    "UntrustedCodeError": "napari_unet.core.errors",
 }
 
 __all__ = ["__version__", *_PUBLIC]
@@ -50,7 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from napari_unet.batch import segment_many
     from napari_unet.bioimageio import export_bioimageio
     from napari_unet.core.cancel import CancelToken
-    from napari_unet.core.errors import Cancelled, InvalidInputError, ModelExistsError, ModelFileError
+    from napari_unet.core.errors import (Cancelled, InvalidInputError, ModelExistsError, ModelFileError,
+                                         UntrustedCodeError)
     from napari_unet.core.inference import SegmentProgress, SegmentResult, segment
     from napari_unet.core.library import ModelInfo, delete_model, list_models
     from napari_unet.core.models import Model, ModelConfig, load_model, save_model

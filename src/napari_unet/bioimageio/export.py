@@ -33,9 +33,13 @@ def export_bioimageio(model: Any, path: str | os.PathLike, *, sample: np.ndarray
     """
     spec = _import_spec()
     from napari_unet.core.models import Model, load_model
+    from napari_unet.core.unet import UNetConfig
 
     if not isinstance(model, Model):
         model = load_model(model)
+    if not isinstance(model.config.network, UNetConfig):
+        raise InvalidInputError("this model came from another tool's bioimage.io package; napari-unet exports only "
+                                "its own U-Nets (the package itself is already the export)")
     _check_license(license)
     if authors is not None and (isinstance(authors, str) or not authors
                                 or not all(isinstance(a, str) and a.strip() for a in authors)):

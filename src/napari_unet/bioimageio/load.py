@@ -1,6 +1,7 @@
-"""Loading a package back: only packages napari-unet exported, read from the model's own ``config.json`` and
-``weights.safetensors`` inside, so that nothing is unpickled and no code from the package runs. Needs no
-bioimage.io library."""
+"""Loading a package: napari-unet's own packages are read from the model's ``config.json`` and
+``weights.safetensors`` inside, so that nothing is unpickled and no code from the package runs, and no
+bioimage.io library is needed. Packages other tools made go to :mod:`~napari_unet.bioimageio.foreign`, which
+needs ``bioimageio.spec`` and ``bioimageio.core`` and runs the package's code only with ``trust=True``."""
 from __future__ import annotations
 
 import os
@@ -14,30 +15,40 @@ from napari_unet.core.library import CONFIG_FILE, WEIGHTS_FILE
 
 
 def is_package(name_or_path: Any) -> bool:
-    """Whether ``load_model`` should read ``name_or_path`` as a bioimage.io package: an existing ``.zip`` file."""
+    """Whether ``load_model`` should read ``name_or_path`` as a bioimage.io package: an existing ``.zip`` file,
+    or a description file (``rdf.yaml``, ``bioimageio.yaml`` or ``*.bioimageio.yaml``) in an unpacked one."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         return False
     path = Path(os.fspath(name_or_path)).expanduser()
-    return path.suffix.lower() == ".zip" and path.is_file()
+    name = path.name.lower()
+    description = name in ("rdf.yaml", "bioimageio.yaml") or name.endswith(".bioimageio.yaml")
+    return (path.suffix.lower() == ".zip" or description) and path.is_file()
 
 
 #: the largest weights file a package may hold (the bundled model's is 4 MB)
 MAX_WEIGHTS_BYTES = 4 * 2**30
 
 
-def load_bioimageio(path: str | os.PathLike, device: Any = "cpu") -> Any:
-    """Load a bioimage.io package that napari-unet exported (``load_model("model.zip")`` calls this).
+def load_bioimageio(path: str | os.PathLike, device: Any = "cpu", trust: bool = False) -> Any:
+    """Load a bioimage.io package, a ``.zip`` or an unpacked one's ``rdf.yaml`` (``load_model`` calls this).
 
-    Such a package carries the model's own ``config.json`` and ``weights.safetensors`` beside the formats
-    other tools use; they are read with every check :func:`~napari_unet.load_model` makes, so nothing is
-    unpickled and no code from the package runs. Other packages are refused with a message: their weights are
-    PyTorch pickles or TorchScript programs, and their networks are not napari-unet's U-Net. Needs no
-    bioimage.io library. The model is named after the file and is not in the library until saved.
+    A package napari-unet exported carries the model's own ``config.json`` and ``weights.safetensors`` beside
+    the formats other tools use; they are read with every check :func:`~napari_unet.load_model` makes, so
+    nothing is unpickled, no code from the package runs and ``trust`` is not needed. The model is named after
+    the file and is not in the library until saved. Other packages are loaded by
+    :func:`~napari_unet.bioimageio.foreign.load_foreign`, which runs their code only with ``trust=True``.
     """
     from napari_unet.core.library import check_name
     from napari_unet.core.models import load_model
 
     path = Path(os.fspath(path)).expanduser()
+    if path.suffix.lower() != ".zip":
+        folder = path.parent
+        if all((folder / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+            model = load_model(folder, device)
+            model.path = None
+            return model
+        return _load_foreign(path, device, trust)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -46,13 +57,8 @@ def load_bioimageio(path: str | os.PathLike, device: Any = "cpu") -> Any:
         entries = {info.filename: info for info in archive.infolist()}
         if "rdf.yaml" not in entries and "bioimageio.yaml" not in entries:
             raise ModelFileError(f"{path} is a zip file without rdf.yaml: not a bioimage.io model package")
-        missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if name not in entries]
-        if missing:
-            raise ModelFileError(
-                f"{path} is a bioimage.io package that napari-unet did not export (it has no {' or '.join(missing)}). "
-                "napari-unet loads only its own packages: other packages' weights are PyTorch pickles or "
-                "TorchScript programs, which napari-unet never runs from a file, for a network that is not its "
-                "U-Net. Run such a package with bioimageio.core, or fine-tune a napari-unet model instead")
+        if any(name not in entries for name in (CONFIG_FILE, WEIGHTS_FILE)):
+            return _load_foreign(path, device, trust)
         limits = {CONFIG_FILE: 16 * 2**20, WEIGHTS_FILE: MAX_WEIGHTS_BYTES}
         folder = Path(tmp) / "model"
         folder.mkdir()
@@ -74,3 +80,9 @@ def load_bioimageio(path: str | os.PathLike, device: Any = "cpu") -> Any:
         model.config.name = "imported"
     model.path = None
     return model
+
+
+def _load_foreign(path: Path, device: Any, trust: bool) -> Any:
+    from napari_unet.bioimageio.foreign import load_foreign
+
+    return load_foreign(path, device, trust)

@@ -14,6 +14,11 @@ class ModelFileError(ValueError):
     """A model file or folder that is missing, damaged or does not match its configuration."""
 
 
+class UntrustedCodeError(InvalidInputError):
+    """Loading a model would run code from its file (a bioimage.io package's architecture source or TorchScript
+    program) and the caller did not say they trust it (``trust=True``, ``--trust``)."""
+
+
 class ModelExistsError(ModelFileError, FileExistsError):
     """Saving would replace an existing model; models are never overwritten silently."""
 

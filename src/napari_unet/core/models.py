@@ -205,13 +205,19 @@ class Model:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", trust: bool = False) -> Model:
     """Load a bundled model by name, a model of the user's library by name, a model folder by path, or a
-    bioimage.io package (a ``.zip``) that napari-unet exported."""
+    bioimage.io package (a ``.zip``, or the ``rdf.yaml`` of an unpacked one).
+
+    Packages napari-unet exported load like model folders. Packages other tools made run their own code (an
+    architecture file or a TorchScript program), so they load only with ``trust=True``; without it
+    :class:`~napari_unet.core.errors.UntrustedCodeError` says what would run. See
+    :mod:`napari_unet.bioimageio.foreign` for what such packages may contain.
+    """
     from napari_unet.bioimageio import is_package, load_bioimageio
 
     if is_package(name_or_path):
-        return load_bioimageio(name_or_path, device)
+        return load_bioimageio(name_or_path, device, trust)
     folder = resolve_model_folder(name_or_path)
     config_path = folder / CONFIG_FILE
     try:
@@ -325,6 +331,10 @@ def save_model(model: Model, name_or_path: str | os.PathLike, overwrite: bool = 
     An existing model is only replaced with ``overwrite=True``; without it :class:`ModelExistsError` says which
     names are free. The folder appears complete or not at all.
     """
+    if not isinstance(model.config.network, UNetConfig):
+        raise InvalidInputError(f"{model.name or 'this model'} came from another tool's bioimage.io package and is "
+                                "not a napari-unet U-Net, so it cannot be saved as a napari-unet model; keep "
+                                "using the package itself")
     folder = target_folder(name_or_path)
     if folder.exists() and not overwrite:
         hint = f"; '{unique_name(folder.name)}' is free" if folder.parent.resolve() == _library_root() else ""

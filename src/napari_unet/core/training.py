@@ -46,6 +46,7 @@ from napari_unet.core.losses import segmentation_loss
 from napari_unet.core.models import Model
 from napari_unet.core.runner import cpu_has_native_bfloat16
 from napari_unet.core.training_data import Sample, TrainingData, prepare_data, sample_batch
+from napari_unet.core.unet import UNetConfig
 from napari_unet.core.versions import annotation_snapshot, package_versions
 
 __all__ = ["Sample", "TrainProgress", "finetune", "finetune_steps"]
@@ -151,6 +152,9 @@ def finetune_steps(
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(model, Model) and not isinstance(model.config.network, UNetConfig):
+        raise InvalidInputError("only napari-unet's own U-Nets can be fine-tuned; this model is not one (for example "
+                                "a network from another tool's bioimage.io package)")
     _check_options(time_budget_s, steps, batch_size, LEARNING_RATE if learning_rate is None else learning_rate,
                    validation_fraction, validations, on_cancel)
     _check_correction_weight(correction_weight)
