@@ -35,8 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, help="image: .tif/.tiff, .npy, or a zarr folder")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="labels file: .tif/.tiff, .npy, or .zarr (written tile by tile; best for large images)")
-    parser.add_argument("--model", default="nuclei", help="bundled or library model name, or a model folder "
-                        "(default: nuclei)")
+    parser.add_argument("--model", default="nuclei", help="bundled or library model name, a model folder, or a "
+                        "bioimage.io package (.zip or rdf.yaml) (default: nuclei)")
+    parser.add_argument("--trust", action="store_true",
+                        help="let a bioimage.io package made by another tool run its code (its architecture file or "
+                        "TorchScript program); use only for packages from sources you trust")
     parser.add_argument("--axes", default=None, help="image axes from T, Z, C, Y, X, e.g. YX, ZYX, TCZYX "
                         "(default: from the file's metadata, else guessed from the shape)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -68,6 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if batch_cli.requested(args):
+        if args.trust:
+            from napari_unet.core.errors import InvalidInputError
+
+            raise InvalidInputError("--trust works for one image at a time: Dask workers load the model themselves "
+                                    "and run no package code; segment the files one by one")
         return batch_cli.run(args)
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.errors import InvalidInputError
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--probabilities must name a different file than --output")
     source = read_image(args.input)
     image = source.data
-    model = load_model(args.model)
+    model = load_model(args.model, trust=args.trust)
     axes = args.axes or source.axes
     configure_cpu_threads(interactive=False)
     tile = None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile))
