@@ -1,10 +1,14 @@
-"""The Fine-tune widget: pairs from layers, a real training run with a live plot, a new version selected."""
+"""The Fine-tune widget: pairs from layers, a real training run (in a child process) with a live plot, a new
+version selected, its held-out score beside its parent's, and a roll back to the parent."""
 from __future__ import annotations
+
+import multiprocessing
 
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+import child_training
 from napari_unet.core.library import library_dir
 from napari_unet.core.versions import read_annotations
 from napari_unet.widgets._layers import output_record
@@ -148,10 +152,9 @@ def test_start_from_random_weights_as_a_new_kind(qtbot, viewer, finetune_widget,
 
 def test_a_version_that_did_not_beat_its_start_is_not_selected(qtbot, viewer, segment_widget, finetune_widget,
                                                                monkeypatch):
-    from napari_unet.core import training
     from napari_unet.synthetic import generate_nuclei
 
-    monkeypatch.setattr(training, "_train_step", lambda *args: 1.0)  # steps that change nothing
+    child_training.use(monkeypatch, child_training.no_change)  # steps that change nothing
     base = segment_widget.model_picker.model_path
     assert _train_on_nuclei(qtbot, viewer, finetune_widget, generate_nuclei((128, 128), seed=1)) == ["done"]
     assert (library_dir() / "tiny-v2").is_dir(), "the version is kept, with its history"
@@ -164,12 +167,7 @@ def test_a_failure_is_shown_with_its_traceback(qtbot, viewer, finetune_widget, n
     """napari's bundle has no console: the traceback is in the notification, behind 'View Traceback'."""
     from napari.utils.notifications import ErrorNotification, notification_manager
 
-    from napari_unet.core import training
-
-    def failing_step(*args):
-        raise RuntimeError("something deep inside torch")
-
-    monkeypatch.setattr(training, "_train_step", failing_step)
+    child_training.use(monkeypatch, child_training.failing)
     shown = []
     notification_manager.notification_ready.connect(shown.append)
     try:
@@ -180,3 +178,89 @@ def test_a_failure_is_shown_with_its_traceback(qtbot, viewer, finetune_widget, n
     assert "something deep inside torch" in note.message and "View Traceback" in note.message
     assert "failing_step" in note.as_text(), "the traceback goes with the notification"
     assert not (library_dir() / "tiny-v2").exists()
+
+
+def _training_children() -> list:
+    return [p for p in multiprocessing.active_children() if p.name == "napari-unet fine-tuning"]
+
+
+def test_training_runs_in_a_child_and_roll_back_selects_the_parent(qtbot, viewer, segment_widget, finetune_widget,
+                                                                   nuclei, monkeypatch):
+    from napari_unet.core import training
+
+    def not_here(*args):
+        raise AssertionError("training ran in the viewer's process")
+
+    monkeypatch.setattr(training, "_train_step", not_here)
+    base = segment_widget.model_picker.model_path
+    image, labels = nuclei
+    viewer.add_image(image, name="cells")
+    viewer.layers.selection.active = viewer.add_labels(labels.copy(), name="corrected")
+    finetune_widget.add_button.click()
+    with qtbot.waitSignal(finetune_widget.run_finished, timeout=60_000) as blocker:
+        finetune_widget.start()
+        qtbot.waitUntil(lambda: len(_training_children()) == 1, timeout=10_000)
+    assert blocker.args == ["done"], finetune_widget.status.text()
+    assert len(finetune_widget.plot.series["loss"]) == 4, "each step's progress came back from the child"
+    qtbot.waitUntil(lambda: not _training_children(), timeout=10_000)
+    new = library_dir() / "tiny-v2"
+    assert finetune_widget.saved_path == new and segment_widget.model_picker.model_path == new
+    scores = finetune_widget.scores.text()
+    assert finetune_widget.scores.isVisibleTo(finetune_widget)
+    assert "F1@0.5" in scores and "tiny " in scores and "tiny-v2 " in scores, scores
+
+    viewer.window._qt_window.resize(1400, 1000)
+    path = "/tmp/napari-unet-finetune-dock.png"
+    from imageio.v3 import imwrite
+    imwrite(path, viewer.screenshot(canvas_only=False, flash=False))
+
+    assert finetune_widget.rollback_button.isEnabled()
+    qtbot.mouseClick(finetune_widget.rollback_button, Qt.MouseButton.LeftButton)
+    assert segment_widget.model_picker.model_path == base, "the Segment dock follows"
+    assert finetune_widget.model_picker.model_path == base
+    assert new.is_dir(), "the new version stays in the library"
+    assert not finetune_widget.rollback_button.isEnabled() and "Rolled back" in finetune_widget.status.text()
+
+
+def test_closing_the_dock_stops_the_child(qtbot, viewer, finetune_widget, nuclei, monkeypatch):
+    child_training.use(monkeypatch, child_training.slow, seconds=0.1)
+    image, labels = nuclei
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="corrected")
+    finetune_widget.add_current_layers()
+    finetune_widget.steps_spin.setValue(0)
+    finetune_widget.budget_spin.setValue(600)
+    with qtbot.waitSignal(finetune_widget.run_finished, timeout=30_000):
+        finetune_widget.start()
+        qtbot.waitUntil(lambda: len(finetune_widget.plot.series["loss"]) >= 2, timeout=30_000)
+        viewer.window.remove_dock_widget(finetune_widget)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not _training_children(), timeout=10_000)
+    assert "Stopped early" in finetune_widget.status.text()
+
+
+def test_a_version_that_scores_lower_on_the_held_out_annotations_is_not_selected(segment_widget, finetune_widget,
+                                                                                 notes_of):
+    """Held-out loss fell but fewer objects are right: the dock shows both scores and keeps the parent."""
+    from napari_unet.core.cancel import CancelToken
+    from napari_unet.core.training_process import TunedVersion
+    from napari_unet.widgets import finetune_widget as module
+    from napari_unet.widgets._workers import Outcome
+
+    class Progress:
+        def close(self):
+            pass
+
+    shown = notes_of(module)
+    base = segment_widget.model_picker.model_path
+    version = TunedVersion(library_dir() / "tiny-v2", base, {"val_loss": 0.5, "val_f1": 0.8},
+                           {"val_loss": 0.4, "val_f1": 0.7}, improved=True)
+    run = {"cancel": CancelToken(), "progress": Progress(), "base": "tiny", "predictions": 0}
+    finetune_widget._finish(run, Outcome("done", value=version))
+    assert segment_widget.model_picker.model_path == base and finetune_widget.saved_path is None
+    assert not finetune_widget.rollback_button.isEnabled()
+    assert "scores lower than tiny" in finetune_widget.status.text()
+    assert [severity for severity, _ in shown] == ["warning"]
+    assert "tiny 0.800" in finetune_widget.scores.text() and "tiny-v2 0.700" in finetune_widget.scores.text()
+
+    finetune_widget._finish(run, Outcome("done", value=TunedVersion(library_dir() / "tiny-v3", base)))
+    assert "No held-out score" in finetune_widget.scores.text(), "too few annotations to hold some out"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+import child_training
 import napari_unet.core.inference as inference
-import napari_unet.core.training as training
 from conftest import array_hash, assert_idle, folder_bytes, leftovers, no_worker_threads
 from napari_unet.core.autosave import list_snapshots
 from napari_unet.synthetic import generate_nuclei
@@ -139,16 +139,7 @@ def finetune(setup, tiny):
 def test_finetune_fault_at_step_k(error, words, setup, finetune, qtbot, notes, library, monkeypatch):
     _, _, _, user = setup
     before, files = array_hash(user.data), folder_bytes(library)
-    calls = {"n": 0}
-    real = training._train_step
-
-    def step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise error
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_train_step", step)
+    child_training.use(monkeypatch, child_training.fail_at, k=3, error=error)  # training runs in a child
     assert _run(qtbot, finetune) == "failed"
     assert_idle(finetune, "Fine-tune")
     assert len(notes.severe()) == 1 and notes.about(*words) == notes.severe(), notes.shown
@@ -159,14 +150,7 @@ def test_finetune_fault_at_step_k(error, words, setup, finetune, qtbot, notes, l
 
 def test_finetune_warning_in_the_worker_is_shown_once_and_training_goes_on(setup, finetune, qtbot, notes,
                                                                            monkeypatch):
-    real = training._train_step
-
-    def step(*args, **kwargs):
-        warnings.warn("the batch had odd values", UserWarning, stacklevel=1)  # at every step: shown once
-        warnings.warn("a developer's deprecation", DeprecationWarning, stacklevel=1)  # never shown
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_train_step", step)
+    child_training.use(monkeypatch, child_training.warning)
     assert _run(qtbot, finetune) == "done"
     assert_idle(finetune, "Fine-tune")
     assert notes.severe() == notes.about("Fine-tune", "the batch had odd values"), notes.shown
@@ -199,8 +183,7 @@ def test_stop_mid_training_saves_only_a_new_version(setup, finetune, qtbot, note
     base = folder_bytes(library / "tiny")
     finetune.steps_spin.setValue(0)
     finetune.budget_spin.setValue(600)
-    real = training._train_step
-    monkeypatch.setattr(training, "_train_step", lambda *a, **k: (time.sleep(0.05), real(*a, **k))[1])
+    child_training.use(monkeypatch, child_training.slow, seconds=0.05)
     with qtbot.waitSignal(finetune.run_finished, timeout=60_000) as blocker:
         finetune.run_button.click()
         qtbot.waitUntil(lambda: len(finetune.plot.series.get("loss", [])) >= 2, timeout=30_000)

@@ -14,7 +14,7 @@ from napari_unet.core.cancel import CancelToken
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.training import Sample, finetune
 from napari_unet.synthetic import generate_nuclei
-from napari_unet.widgets._workers import finetune_in_worker as _finetune_steps
+from napari_unet.core.training_process import train_and_save as _finetune_steps
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_stop_mid_training_saves_the_best_so_far_as_a_new_version_only(pair, tin
     next(body)
     next(body)
     token.cancel()
-    path, _ = _run_worker_body(body)
+    path = _run_worker_body(body).path
     assert path.name == "tiny-v2"
     after = folder_bytes(library)
     assert {k: v for k, v in after.items() if k.startswith("tiny/")} == files, "the base model is untouched"

@@ -10,21 +10,25 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import folder_bytes, leftovers, save_tiny
 
 SCRIPT = textwrap.dedent("""
-    import sys, time
+    import multiprocessing, sys, time
     import numpy as np
     import napari
     from qtpy.QtCore import QTimer
     from napari_unet.synthetic import generate_nuclei
-    import napari_unet.core.inference as inference, napari_unet.core.training as training
+    import napari_unet.core.inference as inference, napari_unet.core.training_process as training_process
 
     which = sys.argv[1]
-    real_segment, real_step = inference.segment_steps, training._train_step
+    sys.path.insert(0, sys.argv[2])
+    import child_training  # fine-tuning runs in a child process: slow its steps there
+    training_process.train_and_save = child_training.body(child_training.slow, seconds=0.2)
+    real_segment = inference.segment_steps
     progress = {"n": 0}
     def slow_segment(*args, **kwargs):
         run = real_segment(*args, **kwargs)
@@ -35,11 +39,7 @@ SCRIPT = textwrap.dedent("""
                 time.sleep(0.2)
         except StopIteration as stop:
             return stop.value
-    def slow_step(*args, **kwargs):
-        progress["n"] += 1
-        time.sleep(0.2)
-        return real_step(*args, **kwargs)
-    inference.segment_steps, training._train_step = slow_segment, slow_step
+    inference.segment_steps = slow_segment
 
     viewer = napari.Viewer(show=True)
     image, labels = generate_nuclei((96, 96), seed=1)
@@ -60,10 +60,11 @@ SCRIPT = textwrap.dedent("""
         widget.batch_spin.setValue(2)
         widget.start()
     def close():
-        if progress["n"] < 2:
+        if (progress["n"] if which == "segment" else len(widget.plot.series["loss"])) < 2:
             QTimer.singleShot(100, close)
             return
         print("closing mid-run" if widget.running else "the run ended first", flush=True)
+        print("children", *[child.pid for child in multiprocessing.active_children()], flush=True)
         viewer.close()
     QTimer.singleShot(100, close)
     napari.run()
@@ -77,11 +78,15 @@ def test_closing_the_viewer_mid_run_exits_cleanly(which, isolated_home, library)
         pytest.skip("needs a display (pytest-xvfb provides one)")
     save_tiny("tiny")
     before = folder_bytes(library / "tiny")
-    result = subprocess.run([sys.executable, "-c", SCRIPT, which], capture_output=True, text=True, timeout=120,
+    tests = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, "-c", SCRIPT, which, tests], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "NAPARI_UNET_HOME": str(isolated_home)})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "closing mid-run" in output and "exited" in output
+    children = [int(pid) for pid in output.split("children")[1].splitlines()[0].split()]
+    assert len(children) == (which == "finetune"), "fine-tuning runs in a child process"
+    assert not any(_running(pid) for pid in children), "no orphan training process"
     assert "QThread: Destroyed" not in output and "has been deleted" not in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert folder_bytes(library / "tiny") == before
@@ -90,6 +95,14 @@ def test_closing_the_viewer_mid_run_exits_cleanly(which, isolated_home, library)
 
     for folder in library.iterdir():  # a new version, if any, is complete
         load_model(folder)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_closing_the_viewer_while_the_widgets_warm_up_exits_cleanly():

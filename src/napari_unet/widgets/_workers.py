@@ -104,7 +104,7 @@ _CACHE_LOCK = threading.Lock()
 def load_cached(path: Path) -> Any:
     """Load a model, reusing the last one while its weights file is unchanged (in the worker thread).
 
-    Sharing is safe: segmenting runs an inference copy of the network and fine-tuning trains a copy.
+    Sharing is safe: segmenting runs an inference copy of the network.
     """
     from napari_unet.core.models import load_model
 
@@ -129,22 +129,14 @@ def segment_in_worker(image: Any, model_path: Path, cancel: Any, options: dict[s
     return (yield from segment_steps(image, model, cancel=cancel, **options))
 
 
-def finetune_in_worker(model_path: Path, samples: list[Any], cancel: Any, options: dict[str, Any]) -> Any:
-    """The Fine-tune worker: train, then save the new version; returns (folder, best metrics and whether it
-    improved on the start), or None when stopped before the first step (nothing new to save)."""
-    from napari_unet.core.devices import configure_cpu_threads
-    from napari_unet.core.training import finetune_steps
-    from napari_unet.core.versions import save_version
+def finetune_in_child(model_path: Path, samples: list[Any], cancel: Any, options: dict[str, Any]) -> Any:
+    """The Fine-tune worker: train and save in a child process (:mod:`napari_unet.core.training_process`),
+    yielding its progress as it arrives; returns its :class:`~napari_unet.core.training_process.TunedVersion`,
+    or None when stopped before the first step. The child is stopped however this generator ends."""
+    from napari_unet.core.training_process import TrainingProcess
 
-    configure_cpu_threads(interactive=True)
-    model = load_cached(model_path)
-    tuned = yield from finetune_steps(model, samples, cancel=cancel, on_cancel="best", **options)
-    if not any(record.get("loss") is not None for record in tuned.history):
-        return None
-    path = save_version(tuned)
-    best = [record for record in tuned.history if record.get("best")]
-    # improved: False when the kept weights are the start's (training never beat it on validation)
-    return path, {**(best[-1] if best else {}), "improved": tuned.config.history[-1].get("improved")}
+    with TrainingProcess(model_path, samples, options) as child:
+        return (yield from child.relay(cancel))
 
 
 def report_failure(outcome: Outcome, action: str, message: str | None = None) -> str:

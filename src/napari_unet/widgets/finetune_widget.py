@@ -2,10 +2,13 @@
 
 Training pairs are (image layer, labels layer, optional Shapes layer of reviewed regions). On Fine-tune the
 labels and masks are copied, so the user may go on painting; :func:`napari_unet.core.training.finetune_steps`
-runs in a napari generator worker and its per-step progress feeds a live loss / Dice plot. The tuned model is
-saved as a new version in the library (in the worker), selected in the Segment widget, and "Segment again"
-re-runs the Segment widget's image with it. A labels layer Segment made carries the model's prediction
-(:mod:`._predictions`): the pixels the user changed from it weigh more in training.
+runs in a child process (:mod:`napari_unet.core.training_process`, so that training never slows the viewer),
+and a napari generator worker relays its per-step progress to a live loss / Dice plot. The tuned model is
+saved as a new version in the library (by the child). The dock shows its score on the held-out part of the
+annotations beside its parent's; a version that never beat its parent, or scores lower, is kept but not
+selected, any other is selected in the Segment widget, "Segment again" re-runs the Segment widget's image with it and "Roll back"
+selects the parent again. A labels layer Segment made carries the model's prediction (:mod:`._predictions`):
+the pixels the user changed from it weigh more in training.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -41,7 +44,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scroll import scrollable_layout
-from napari_unet.widgets._workers import Outcome, finetune_in_worker, report_failure, set_up_once, start_worker
+from napari_unet.widgets._workers import Outcome, finetune_in_child, report_failure, set_up_once, start_worker
 
 
 class PairRow(QWidget):
@@ -82,7 +85,8 @@ class FinetuneWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.rows: list[PairRow] = []
-        self.saved_path: Path | None = None
+        self.saved_path: Path | None = None  # the version the last run saved and selected
+        self.parent_path: Path | None = None  # the model it was tuned from, which 'Roll back' selects
         self._run: dict[str, Any] | None = None
 
         self.pairs_box = QVBoxLayout()
@@ -154,6 +158,17 @@ class FinetuneWidget(QWidget):
         self.segment_again_button.setEnabled(False)
         self.segment_again_button.setToolTip("Run the Segment widget on its image with the new model.")
         self.segment_again_button.clicked.connect(self.segment_again)
+        self.rollback_button = QPushButton("Roll back")
+        self.rollback_button.setEnabled(False)
+        self.rollback_button.setToolTip("Select the model this version was fine-tuned from again, here and in the "
+                                        "Segment widget. The new version stays in the library.")
+        self.rollback_button.clicked.connect(self.roll_back)
+        self.scores = QLabel()
+        self.scores.setWordWrap(True)
+        self.scores.setToolTip("Scores on the part of your annotations held out of training (a block in a corner "
+                               "of the annotated area): object F1 at IoU 0.5, TP / (TP + (FP + FN) / 2), for "
+                               "instance models; foreground Dice for semantic ones.")
+        self.scores.hide()
 
         settings = QFormLayout()
         settings.addRow("Base model", self.model_picker)
@@ -168,9 +183,11 @@ class FinetuneWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.segment_again_button, 1)
+        buttons.addWidget(self.rollback_button, 1)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.plot)
+        layout.addWidget(self.scores)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -311,8 +328,10 @@ class FinetuneWidget(QWidget):
                "predictions": sum(sample.prediction is not None for sample in samples)}
         self._run = run
         self.plot.clear()
+        self.scores.hide()
         self.segment_again_button.setEnabled(False)
-        run["worker"] = start_worker(lambda: finetune_in_worker(model_path, samples, token, options),
+        self.rollback_button.setEnabled(False)
+        run["worker"] = start_worker(lambda: finetune_in_child(model_path, samples, token, options),
                                      lambda event: self._on_event(run, event), self, token, "Fine-tune")
         self.run_button.setText("Stop")
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
@@ -328,13 +347,40 @@ class FinetuneWidget(QWidget):
         self.run_button.setText("Stopping...")
         self.run_button.setEnabled(False)
 
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock (napari takes the widget out of its window) stops a run, as Stop does."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.stop()
+        return super().event(event)
+
     def segment_again(self) -> None:
-        """Segment the Segment widget's image with the newly saved model."""
+        """Segment the Segment widget's image with the model this dock selected last (the new version, or
+        its parent after a roll back)."""
         segment = segment_widget_for(self.viewer, open_if_missing=True)
-        if segment is None or self.saved_path is None:
+        chosen = self.parent_path if self.saved_path is None else self.saved_path
+        if segment is None or chosen is None:
             return
-        segment.select_model(self.saved_path)
+        segment.select_model(chosen)
         segment.segment()
+
+    def roll_back(self) -> None:
+        """Select the new version's parent again, here and in the Segment widget; nothing is deleted."""
+        if self.saved_path is None or self.parent_path is None:
+            return
+        new, self.saved_path = self.saved_path, None
+        self._select(self.parent_path)
+        self.rollback_button.setEnabled(False)
+        message = (f"Rolled back: {self.parent_path.name} is selected again. '{new.name}' stays in the library "
+                   "(choose it in the model list to use it).")
+        self.status.setText(message)
+        show_info(message)
+
+    def _select(self, path: Path) -> None:
+        """Choose ``path`` as the base model here and as the model of the Segment widget."""
+        segment = segment_widget_for(self.viewer)
+        if segment is not None:
+            segment.select_model(path)
+        self.model_picker.select(path)
 
     def _refuse(self, message: str) -> None:
         self.status.setText(message)
@@ -375,27 +421,47 @@ class FinetuneWidget(QWidget):
             show_info(message)
             self.progress_bar.set_progress(0, 1, "stopped")
         else:
-            path, metrics = outcome.value
-            score = f" (validation Dice {metrics['val_dice']:.2f})" if metrics.get("val_dice") is not None else ""
+            version = outcome.value
+            path, base = version.path, run["base"]
+            self.scores.setText(scores_text(version))
+            self.scores.show()
             early = "Stopped early; saved the best model so far" if run["cancel"].cancelled else "Saved"
             corrections = corrections_message(path, run["predictions"])
-            if metrics.get("improved") is False:  # the version holds the start's weights: keep the start selected
-                message = (f"{early} as '{path.name}', but training did not beat {run['base']} on the validation "
-                           f"part of your annotations{score}, so {run['base']} stays selected. Annotate more "
-                           f"objects, or train longer.{corrections}")
+            if version.improved is False:  # the version holds the start's weights: keep the start selected
+                message = (f"{early} as '{path.name}', but training did not beat {base} on the validation "
+                           f"part of your annotations, so {base} stays selected. Annotate more objects, or "
+                           f"train longer.{corrections}")
+                show_warning(message)
+            elif version.worse:
+                message = (f"{early} as '{path.name}', but it scores lower than {base} on the held-out part of "
+                           f"your annotations, so {base} stays selected. Annotate more objects, or train "
+                           f"longer.{corrections}")
                 show_warning(message)
             else:
-                self.saved_path = path
-                segment = segment_widget_for(self.viewer)
-                if segment is not None:
-                    segment.select_model(path)
-                self.model_picker.select(path)
+                self.saved_path, self.parent_path = path, version.parent
+                self._select(path)
                 self.segment_again_button.setEnabled(True)
-                message = (f"{early} as '{path.name}'{score}, fine-tuned from {run['base']}. It is selected in "
-                           f"the Segment widget: press 'Segment again' to see it work.{corrections}")
+                self.rollback_button.setEnabled(True)
+                message = (f"{early} as '{path.name}', fine-tuned from {base}. It is selected in the Segment "
+                           f"widget: press 'Segment again' to see it work, or 'Roll back' to return to "
+                           f"{base}.{corrections}")
                 show_info(message)
             self.progress_bar.set_progress(1, 1, "done")
         self.status.setText(message)
         run["progress"].close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
 
+
+def scores_text(version: Any) -> str:
+    """The held-out score of the parent and of the new version, as the dock shows them."""
+    name = version.score_name
+    if name is None:
+        return ("No held-out score: too few annotated pixels to hold some out of training. Annotate more to see "
+                "how the new version compares.")
+    measure = "Object F1@0.5" if name == "val_f1" else "Foreground Dice"
+    after = f"<b>{version.path.name} {version.after[name]:.3f}</b>"
+    if name not in version.before:  # trained from random weights: the parent was not scored
+        return f"{measure} on your held-out annotations:<br>{after}"
+    change = version.after[name] - version.before[name]
+    return (f"{measure} on your held-out annotations:<br>{version.parent.name} {version.before[name]:.3f} "
+            f"&rarr; {after} ({change:+.3f})")
