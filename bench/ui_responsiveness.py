@@ -8,6 +8,12 @@ and for its three phases: *start* (the click: output layer and napari's activity
 worker loads the model), *tiles* (from the first tile event to the last), *finish* (the final labels are
 copied and redrawn). Target: worst gap under 50 ms on a 2-core CPU while the tiles run.
 
+A second table does the same for the Fine-tune dock (``--finetune-seconds``, 0 to skip): a run on a 512 x 512
+generated image and its exact labels, once with training in a thread of the viewer's process (how the dock
+trained before) and once in the child process it trains in now (:mod:`napari_unet.core.training_process`).
+Phases: *start* (the click to the first progress record: copying the pair, starting the child or the thread,
+loading the model, preparing the data), *steps* (first to last record), *finish* (saving, the dock's update).
+
 Three reference rows separate the plugin from its surroundings: the same heartbeat with no run (idle, and
 with napari redrawing its canvas 10 times a second, which is what any visible change costs on this machine's
 renderer), and a heartbeat in a plain Python thread beside ``segment()`` with no viewer at all (what the
@@ -16,6 +22,7 @@ worker's hold on the interpreter lock costs by itself).
 Run under a display or a virtual one:
 
     xvfb-run -a python bench/ui_responsiveness.py [--size 2048] [--threads auto,1,2] [--model nuclei]
+                                                  [--finetune-seconds 20] [--no-segment]
 
 The model is the bundled ``nuclei`` model when it is installed, else a randomly initialised U-Net of the same
 kind (the speed of a forward pass does not depend on the weights).
@@ -39,7 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", default="auto,1", help="comma-separated torch thread counts ('auto' = the "
                         "plugin's default)")
     parser.add_argument("--model", default=None, help="model name or folder (default: 'nuclei' if installed)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per thread count")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per thread count (and per fine-tuning mode)")
+    parser.add_argument("--finetune-seconds", type=int, default=20, help="time budget of each fine-tuning run "
+                        "(default 20; 0 skips the fine-tuning table)")
+    parser.add_argument("--no-segment", action="store_true", help="measure fine-tuning only")
     return parser.parse_args()
 
 
@@ -155,6 +165,34 @@ def measure_run(widget: Any, heartbeat: Heartbeat, threads: str) -> dict[str, fl
     return summary(heartbeat.beats, windows, ended - started)
 
 
+def measure_finetune(viewer: Any, heartbeat: Heartbeat, model: str, seconds: int,
+                     in_process: bool) -> dict[str, float]:
+    """Click Fine-tune on a 512 x 512 pair; training in the viewer's process (a thread) or in a child."""
+    from napari_unet.core.library import resolve_model_folder
+    from napari_unet.core.training_process import train_and_save
+    from napari_unet.synthetic import generate_nuclei
+    from napari_unet.widgets import finetune_widget as module
+
+    model_path = resolve_model_folder(model)  # before the library moves to a scratch folder
+    os.environ["NAPARI_UNET_HOME"] = tempfile.mkdtemp(prefix="napari-unet-bench-")  # new versions go there
+    if "finetune pair" not in viewer.layers:
+        image, labels = generate_nuclei((512, 512), seed=3)
+        viewer.add_image(image, name="finetune pair")
+        viewer.add_labels(labels, name="finetune labels")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    if not widget.rows:
+        widget.add_pair(viewer.layers["finetune pair"], viewer.layers["finetune labels"])
+    widget.model_picker.select(model_path)
+    widget.budget_spin.setValue(seconds)
+    relay = module.finetune_in_child
+    if in_process:  # what the dock did before: train_and_save in the worker thread itself
+        module.finetune_in_child = train_and_save
+    try:
+        return measure_run(widget, heartbeat, "auto")
+    finally:
+        module.finetune_in_child = relay
+
+
 def measure_viewer_alone(viewer: Any, heartbeat: Heartbeat, redraw: bool, seconds: float = 3.0) -> dict[str, float]:
     """The heartbeat with no run: idle, or with the canvas redrawn 10 times a second."""
     from qtpy.QtCore import QEventLoop, QTimer
@@ -216,14 +254,21 @@ def main() -> int:
     auto = max(1, (os.cpu_count() or 1) - 1)
 
     rows = [("no run, idle", measure_viewer_alone(viewer, heartbeat, redraw=False)),
-            ("no run, 10 redraws/s", measure_viewer_alone(viewer, heartbeat, redraw=True)),
-            # the first run loads the model and lets torch allocate, as a user's first run would
-            (f"first run: auto ({auto})", measure_run(widget, heartbeat, "auto"))]
-    for threads in (t.strip() for t in args.threads.split(",")):
-        for _ in range(args.repeats):
-            rows.append((f"auto ({auto})" if threads == "auto" else threads, measure_run(widget, heartbeat, threads)))
+            ("no run, 10 redraws/s", measure_viewer_alone(viewer, heartbeat, redraw=True))]
+    if not args.no_segment:
+        # the first run loads the model and lets torch allocate, as a user's first run would
+        rows.append((f"first run: auto ({auto})", measure_run(widget, heartbeat, "auto")))
+        for threads in (t.strip() for t in args.threads.split(",")):
+            for _ in range(args.repeats):
+                rows.append((f"auto ({auto})" if threads == "auto" else threads,
+                             measure_run(widget, heartbeat, threads)))
+    tuning = []
+    for _ in range(args.repeats if args.finetune_seconds else 0):
+        for label, in_process in (("in the viewer's process", True), ("in a child process", False)):
+            tuning.append((label, measure_finetune(viewer, heartbeat, model, args.finetune_seconds, in_process)))
     viewer.close()
-    rows.append((f"no viewer: worker ({auto})", measure_worker_alone(image, model, "auto")))
+    if not args.no_segment:
+        rows.append((f"no viewer: worker ({auto})", measure_worker_alone(image, model, "auto")))
 
     print(f"\nUI responsiveness: Segment widget on a {args.size} x {args.size} image, model {model!r}, "
           f"{os.cpu_count()} CPU cores, 10 ms heartbeat, load average before the runs {load:.1f}")
@@ -232,6 +277,13 @@ def main() -> int:
     for label, r in rows:
         cells = "".join(f"{cell(r, phase):>16}" for phase in PHASES)
         print(f"{label:<26}{r['seconds']:>7.1f}{cells}")
+    if tuning:
+        print(f"\nFine-tune dock: {args.finetune_seconds} s budget on a 512 x 512 image, model {model!r}, torch "
+              f"threads auto ({auto}); gaps in ms: worst (99th percentile)")
+        print(f"{'training runs':<26}{'run s':>7}{'whole run':>16}{'start':>16}{'steps':>16}{'finish':>16}")
+        for label, r in tuning:
+            cells = "".join(f"{cell(r, phase):>16}" for phase in PHASES)
+            print(f"{label:<26}{r['seconds']:>7.1f}{cells}")
     return 0
 
 
