@@ -86,7 +86,8 @@ def test_closing_the_viewer_mid_run_exits_cleanly(which, isolated_home, library)
     assert "closing mid-run" in output and "exited" in output
     children = [int(pid) for pid in output.split("children")[1].splitlines()[0].split()]
     assert len(children) == (which == "finetune"), "fine-tuning runs in a child process"
-    assert not any(_running(pid) for pid in children), "no orphan training process"
+    if Path("/proc/self/stat").exists():
+        assert not any(_running(pid) for pid in children), "no orphan training process"
     assert "QThread: Destroyed" not in output and "has been deleted" not in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert folder_bytes(library / "tiny") == before

@@ -181,8 +181,8 @@ class TrainingProcess:
         code = self.process.exitcode
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
         return TrainingProcessError(
-            f"the training process {how} without a result; nothing was saved. If it ran out of memory, lower the "
-            "batch size under Advanced, or train on fewer or smaller images")
+            f"the training process {how} without a result; nothing was saved. The system may have stopped it "
+            "for lack of memory: lower the batch size under Advanced, or train on fewer or smaller images")
 
 
 # --------------------------------------------------------------------------------------------------------------
