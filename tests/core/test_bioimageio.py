@@ -6,6 +6,7 @@ batch sizes: so a wrong percentile, a wrong size rule or a broken weight file fa
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 import time
@@ -68,7 +69,8 @@ def test_description_states_sizes_halo_normalisation_and_citations(instance_pack
     net = model.config.network
     assert rdf["format_version"].startswith("0.5") and rdf["type"] == "model"
     assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy", "weights.pt",
-            "weights_torchscript.pt", ARCHITECTURE_FILE, "config.json", "weights.safetensors"} <= set(files)
+            "weights_torchscript.pt", ARCHITECTURE_FILE, "config.json"} <= set(files)
+    assert "weights.safetensors" not in files, "the weights once per format the spec runs, not a third time"
     (inp,), (out,) = rdf["inputs"], rdf["outputs"]
     assert [a["type"] for a in inp["axes"]] == ["batch", "channel", "space", "space"]
     assert [a.get("id") for a in inp["axes"][2:]] == ["y", "x"]
@@ -144,8 +146,11 @@ def test_3d_model_with_two_channels_passes(tmp_path, one_thread):
 
 def test_bundled_nuclei_exports_and_passes(tmp_path, one_thread):
     start = time.perf_counter()
-    path = export_bioimageio(load_model("nuclei"), tmp_path / "nuclei.zip")
+    model = load_model("nuclei")
+    path = export_bioimageio(model, tmp_path / "nuclei.zip")
     _assert_passes(path)
+    weights = (model.path / "weights.safetensors").stat().st_size
+    assert path.stat().st_size < 2 * weights, "the weights once as a state dict, once as TorchScript, no third copy"
     print(f"nuclei export and test_model: {time.perf_counter() - start:.1f} s")
 
 
@@ -207,6 +212,26 @@ def test_a_package_loads_back_as_the_same_model(instance_package, one_thread):
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
 
 
+def test_a_package_exported_before_weights_pt_was_read_back_loads_from_its_safetensors(instance_package, tmp_path,
+                                                                                     one_thread):
+    """Earlier versions also wrote the model's ``weights.safetensors`` (named in the description's napari_unet
+    config); such packages load from that file, with its checks."""
+    model, path = instance_package
+    rdf, _ = _read(path)
+    safetensors = (save_model(model.copy(), tmp_path / "plain") / "weights.safetensors").read_bytes()
+    rdf["config"]["napari_unet"]["weights"] = "weights.safetensors"
+    rdf["attachments"].append({"source": "weights.safetensors", "sha256": hashlib.sha256(safetensors).hexdigest()})
+    old = _rezip(path, tmp_path / "old.zip", replace={"rdf.yaml": yaml.safe_dump(rdf).encode()})
+    with zipfile.ZipFile(old, "a") as archive:
+        archive.writestr("weights.safetensors", safetensors)
+    loaded = load_model(old)
+    original = model.network.state_dict()
+    assert all(torch.equal(t, original[k]) for k, t in loaded.network.state_dict().items())
+    truncated = _rezip(old, tmp_path / "truncated.zip", replace={"weights.safetensors": safetensors[:1000]})
+    with pytest.raises(ModelFileError, match="truncated.zip.*weights.safetensors.*truncated"):
+        load_model(truncated)  # read, not passed over for weights.pt
+
+
 def _rezip(source: Path, target: Path, drop=(), replace=None) -> Path:
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
         for name in old.namelist():
@@ -217,12 +242,12 @@ def _rezip(source: Path, target: Path, drop=(), replace=None) -> Path:
 
 def test_foreign_damaged_and_non_packages_are_refused_clearly(instance_package, tmp_path):
     _, path = instance_package
-    foreign = _rezip(path, tmp_path / "foreign.zip", drop=("config.json", "weights.safetensors"))
+    foreign = _rezip(path, tmp_path / "foreign.zip", drop=("config.json",))
     with pytest.raises(ModelFileError, match="foreign.zip is not a valid bioimage.io model package"):
         load_model(foreign)  # read as another tool's package, whose description names files it lacks
-    weights = _read(path)[1]["weights.safetensors"]
-    damaged = _rezip(path, tmp_path / "damaged.zip", replace={"weights.safetensors": weights[: len(weights) // 2]})
-    with pytest.raises(ModelFileError, match="damaged.zip.*truncated"):
+    weights = _read(path)[1]["weights.pt"]
+    damaged = _rezip(path, tmp_path / "damaged.zip", replace={"weights.pt": weights[: len(weights) // 2]})
+    with pytest.raises(ModelFileError, match="damaged.zip.*weights.pt.*truncated"):
         load_model(damaged)
     no_rdf = _rezip(path, tmp_path / "plain.zip", drop=("rdf.yaml",))
     with pytest.raises(ModelFileError, match="without rdf.yaml"):

@@ -29,9 +29,11 @@ What the description says and why:
   must run in eval mode (running statistics), which every consumer does for inference. No ONNX: it is only
   offered where it passes the same test, and ONNX tooling is not a dependency of this package.
 
-The package also carries the model's own ``config.json`` and ``weights.safetensors`` (as attachments), which
-is what :func:`load_bioimageio` reads back: ``load_model("model.zip")`` gives the same model, with no
-unpickling and no code from the package run. Packages from other sources are refused with a clear message.
+The package also carries the model's own ``config.json`` (as an attachment), which :func:`load_bioimageio`
+reads back with the ``pytorch_state_dict`` weights (``torch.load(weights_only=True)``: tensors only):
+``load_model("model.zip")`` gives the same model, with no code from the package run. The weights are in the
+package once per format, not a third time in napari-unet's own format (packages exported before this carry
+``weights.safetensors`` too, and load from it). Packages from other tools are loaded by ``foreign``.
 
 ``bioimageio.spec`` and ``bioimageio.core`` are imported only in this package and only when an export runs:
 they are the optional extra ``napari-unet[bioimageio]``. Loading needs neither.

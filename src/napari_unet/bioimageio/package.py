@@ -1,12 +1,12 @@
 """The files of a package, written to a folder: test tensors, weights in both formats, the architecture file,
-the model's own files, cover and README; returns the ``rdf.yaml`` description that names them all with their
-sha256."""
+the model's own ``config.json``, cover and README; returns the ``rdf.yaml`` description that names them all
+with their sha256. The weights are stored once per format the spec runs: napari-unet loads its packages back
+from the ``pytorch_state_dict`` file with the ``config.json``, so it needs no copy of its own."""
 from __future__ import annotations
 
 import copy
 import hashlib
-import shutil
-import tempfile
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from napari_unet.bioimageio.citations import UNET_CITATION, training_data_citati
 from napari_unet.bioimageio.describe import _format_version, _rdf_name, _readme, _tags
 from napari_unet.bioimageio.network import (ARCHITECTURE_CALLABLE, ARCHITECTURE_FILE, _export_network, _trace,
                                             architecture_source)
+from napari_unet.bioimageio.load import STATE_DICT_FILE
 from napari_unet.bioimageio.samples import _cover, _test_image
-from napari_unet.core.library import CONFIG_FILE, WEIGHTS_FILE
+from napari_unet.core.library import CONFIG_FILE
 
 
 def _write_package_files(model: Any, folder: Path, sample: np.ndarray | None, authors: list[str],
@@ -53,8 +54,8 @@ def _write_package_files(model: Any, folder: Path, sample: np.ndarray | None, au
     tifffile.imwrite(folder / "sample_input.tif", test_input, photometric="minisblack")
     tifffile.imwrite(folder / "sample_output.tif", y, photometric="minisblack")
 
-    torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, folder / "weights.pt")
-    _write_native_files(model, folder)
+    torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, folder / STATE_DICT_FILE)
+    _write_config(model, folder / CONFIG_FILE)
     (folder / ARCHITECTURE_FILE).write_text(architecture_source(), encoding="utf-8")
     _trace(net, x, smallest, step, folder / "weights_torchscript.pt")
     _cover(x, y, config, folder / "cover.png")
@@ -116,7 +117,7 @@ def _write_package_files(model: Any, folder: Path, sample: np.ndarray | None, au
         }],
         "weights": {
             "pytorch_state_dict": {
-                "source": "weights.pt", "sha256": _sha256(folder / "weights.pt"),
+                "source": STATE_DICT_FILE, "sha256": _sha256(folder / STATE_DICT_FILE),
                 "architecture": {"source": ARCHITECTURE_FILE, "sha256": _sha256(folder / ARCHITECTURE_FILE),
                                  "callable": ARCHITECTURE_CALLABLE, "kwargs": net_config.to_dict()},
                 "pytorch_version": torch_version,
@@ -127,21 +128,20 @@ def _write_package_files(model: Any, folder: Path, sample: np.ndarray | None, au
                 "pytorch_version": torch_version, "parent": "pytorch_state_dict",
             },
         },
-        "attachments": [{"source": name, "sha256": _sha256(folder / name)} for name in (CONFIG_FILE, WEIGHTS_FILE)],
-        "config": {"napari_unet": {"version": __version__, "config": CONFIG_FILE, "weights": WEIGHTS_FILE}},
+        "attachments": [{"source": CONFIG_FILE, "sha256": _sha256(folder / CONFIG_FILE)}],
+        "config": {"napari_unet": {"version": __version__, "config": CONFIG_FILE, "weights": STATE_DICT_FILE}},
     }
     return rdf
 
 
-def _write_native_files(model: Any, folder: Path) -> None:
-    """The model's own ``config.json`` and ``weights.safetensors``, so that napari-unet loads the package back
-    exactly and without unpickling. Annotations a fine-tuned model keeps are not exported."""
-    from napari_unet.core.models import Model, save_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = save_model(Model(model.network, copy.deepcopy(model.config)), Path(tmp) / (model.name or "model"))
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            shutil.copyfile(plain / name, folder / name)
+def _write_config(model: Any, target: Path) -> None:
+    """The model's own ``config.json``, as :func:`~napari_unet.save_model` writes it, so that napari-unet loads
+    the package back as the same model (with the state dict). Annotations a fine-tuned model keeps are not
+    exported."""
+    config = copy.deepcopy(model.config)
+    config.name = model.name or "model"
+    config.provenance = {"package_version": __version__, **config.provenance}
+    target.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
 
 
 def _sha256(path: Path) -> str:

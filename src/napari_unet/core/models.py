@@ -219,16 +219,27 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     if is_package(name_or_path):
         return load_bioimageio(name_or_path, device, trust)
     folder = resolve_model_folder(name_or_path)
-    config_path = folder / CONFIG_FILE
+    config = read_model_config(folder / CONFIG_FILE)
+    config.name = folder.name  # the folder is the model's identity: a renamed folder is a renamed model
+    weights_path = folder / WEIGHTS_FILE
+    return model_from_weights(config, read_safetensors(weights_path), weights_path, device, folder)
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """A model's ``config.json``, parsed and checked; any problem raises :class:`ModelFileError` naming ``path``."""
     try:
-        config = ModelConfig.from_dict(read_config_json(config_path))
+        return ModelConfig.from_dict(read_config_json(path))
     except ModelFileError:
         raise
     except ValueError as exc:
-        raise ModelFileError(f"{config_path}: {exc}") from None
-    config.name = folder.name  # the folder is the model's identity: a renamed folder is a renamed model
-    weights_path = folder / WEIGHTS_FILE
-    tensors = read_safetensors(weights_path)
+        raise ModelFileError(f"{path}: {exc}") from None
+
+
+def model_from_weights(config: ModelConfig, tensors: dict[str, torch.Tensor], weights_path: Path,
+                       device: str | torch.device = "cpu", folder: Path | None = None) -> Model:
+    """The network ``config`` describes, with ``tensors`` (read from ``weights_path``) as its weights, in eval
+    mode. The weights must match the network name for name and shape for shape and be finite: whatever file
+    format they came in, a mismatch is a :class:`ModelFileError` naming ``weights_path``."""
     network = UNet(config.network)
     _check_weights(weights_path, tensors, network.state_dict())
     network.load_state_dict(tensors, strict=True)
