@@ -134,37 +134,44 @@ def test_a_child_stopped_or_killed_mid_save_leaves_no_partial_version(how, tiny,
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
-def test_a_child_ends_when_its_parent_dies(tmp_path):
-    """A viewer killed mid-run (no atexit, no Qt close) leaves no orphan training process."""
-    script = textwrap.dedent("""
-        import sys
-        sys.path.insert(0, sys.argv[1])
-        import child_training
-        from napari_unet.core.models import Model, ModelConfig, save_model
-        from napari_unet.core.training_data import Sample
-        from napari_unet.core.training_process import TrainingProcess
-        from napari_unet.core.unet import UNetConfig
-        from napari_unet.synthetic import generate_nuclei
+def test_a_child_runs_no_main_script_and_ends_when_its_parent_dies(tmp_path):
+    """A napari script's module-level code (a viewer opened without a ``__main__`` guard) is not run again in
+    the child, and a viewer killed mid-run (no atexit, no Qt close) leaves no orphan training process."""
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        with open(sys.argv[2], "a") as log:  # module level, as a script opening a viewer would
+            log.write(f"main ran in {os.getpid()}\\n")
+        if __name__ == "__main__":
+            sys.path.insert(0, sys.argv[1])
+            import child_training
+            from napari_unet.core.models import Model, ModelConfig, save_model
+            from napari_unet.core.training_data import Sample
+            from napari_unet.core.training_process import TrainingProcess
+            from napari_unet.core.unet import UNetConfig
+            from napari_unet.synthetic import generate_nuclei
 
-        network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4,
-                             padding="same")
-        tiny = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
-        image, labels = generate_nuclei((64, 64), seed=1)
-        child = TrainingProcess(tiny, [Sample(image, labels, axes="YX")], {"steps": 500, "time_budget_s": None,
-                                "batch_size": 2}, body=child_training.body(child_training.slow, seconds=0.1))
-        next(child.relay())
-        print(child.process.pid, flush=True)
-        input()
-    """)
+            network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4,
+                                 padding="same")
+            tiny = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
+            image, labels = generate_nuclei((64, 64), seed=1)
+            child = TrainingProcess(tiny, [Sample(image, labels, axes="YX")], {"steps": 500, "time_budget_s": None,
+                                    "batch_size": 2}, body=child_training.body(child_training.slow, seconds=0.1))
+            next(child.relay())
+            print(child.process.pid, flush=True)
+            input()
+    """))
+    log = tmp_path / "main.log"
     env = {**os.environ, "NAPARI_UNET_HOME": str(tmp_path)}
-    parent = subprocess.Popen([sys.executable, "-c", script, str(Path(child_training.__file__).parent)], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script), str(Path(child_training.__file__).parent), str(log)],
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         pid = int(parent.stdout.readline())
         assert _alive(pid)
     finally:
         parent.kill()
         parent.wait(10)
+    assert log.read_text() == f"main ran in {parent.pid}\n", "the script ran once, in the parent only"
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -4,7 +4,8 @@ A training step is mostly torch, which releases the interpreter lock, but the Py
 (batch sampling, augmentation, the optimizer's bookkeeping) holds it in bursts long enough to make a viewer in
 the same process stutter. The Fine-tune dock therefore trains in a child started with the *spawn* method (a
 fresh interpreter: forking a process that runs Qt, OpenGL and torch threads is unsafe), and its worker thread
-only relays what the child sends over a pipe:
+only relays what the child sends over a pipe (the samples go to it over another; the parent's main script is
+not run again in it, see :func:`_main_hidden`):
 
 * ``("progress", TrainProgress)`` after every step, as :func:`~napari_unet.core.training.finetune_steps` yields
   it; ``("warning", text, category)`` for each warning the training raises;
@@ -24,10 +25,13 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import traceback
+import types
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,13 +122,22 @@ class TrainingProcess:
         context = multiprocessing.get_context("spawn")
         self._cancel = context.Event()
         self._receive, send = context.Pipe(duplex=False)
+        inputs, send_inputs = context.Pipe(duplex=False)
         self.process = context.Process(
             target=_child_main, name="napari-unet fine-tuning", daemon=True,  # daemon: ended when Python exits
-            args=(send, self._cancel, home_dir(), body or train_and_save, Path(model_path), samples, options))
+            args=(send, inputs, self._cancel, home_dir(), body or train_and_save, Path(model_path), options))
         try:
-            self.process.start()
+            with _main_hidden():
+                self.process.start()
         finally:
             send.close()  # the child holds the sending end: the pipe reads EOF once the child is gone
+            inputs.close()
+        try:  # the images go through a pipe, not the start's arguments: main is hidden only for a moment
+            send_inputs.send(samples)
+        except (BrokenPipeError, EOFError, OSError):
+            raise self._died() from None
+        finally:
+            send_inputs.close()
 
     def __enter__(self) -> TrainingProcess:
         return self
@@ -185,20 +198,42 @@ class TrainingProcess:
             "for lack of memory: lower the batch size under Advanced, or train on fewer or smaller images")
 
 
+_START_LOCK = threading.Lock()  # one start at a time while the main module is swapped
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a child without the parent's main script. *spawn* runs the parent's ``__main__`` file again in
+    the child (as ``__mp_main__``) unless it is hidden, and a napari script that opens a viewer at module level
+    (without an ``if __name__ == "__main__"`` guard) would open a second one there, or never return. The child
+    needs nothing from it: what it runs lives in importable modules."""
+    with _START_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to run again
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The child
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _child_main(send: Any, cancel: Any, home: Path, body: Body, model_path: Path, samples: list,
+def _child_main(send: Any, inputs: Any, cancel: Any, home: Path, body: Body, model_path: Path,
                 options: dict) -> None:
-    """The child's entry point: run ``body`` and send its progress, warnings and outcome to the parent.
-    ``home`` is the parent's user data folder, so that the new version goes into the library it shows."""
+    """The child's entry point: read the samples, run ``body`` and send its progress, warnings and outcome to
+    the parent. ``home`` is the parent's user data folder, so that the new version goes into the library it
+    shows."""
     os.environ["NAPARI_UNET_HOME"] = str(home)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _end_with_parent()
     warnings.showwarning = lambda message, category, *args, **kwargs: send.send(("warning", str(message), category))
     try:
+        samples = inputs.recv()
+        inputs.close()
         steps = body(model_path, samples, cancel.is_set, options)
         while True:
             try:
