@@ -12,7 +12,9 @@ not run again in it, see :func:`_main_hidden`):
 * then exactly one of ``("done", TunedVersion | None)``, ``("cancelled",)`` or ``("failed", error, traceback)``.
 
 The child runs :func:`train_and_save`: the same training generator and the same saving of a new version as
-in-process, so its behaviour does not depend on where it runs. Saving is atomic (a staging folder renamed into
+in-process, so its behaviour does not depend on where it runs. A child started with ``feed=True`` (live
+training, :mod:`napari_unet.core.live_training`) keeps the samples' pipe open: the parent sends newer samples
+as the user paints (``relay``'s ``outbox``), and its body reads the newest from a :class:`Snapshots`. Saving is atomic (a staging folder renamed into
 place); the child turns SIGTERM into ``SystemExit``, so a terminated save removes its staging folder, and a
 child whose parent has died (a viewer killed or crashed) terminates itself: no orphan keeps training. The
 Python API (:func:`~napari_unet.core.training.finetune`) stays in-process.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
@@ -102,21 +105,29 @@ def train_and_save(model_path: Path, samples: list, cancel: CancelLike, options:
     if not any(record.get("loss") is not None for record in tuned.history):
         return None
     path = save_version(tuned)
+    return TunedVersion(path, Path(model_path), *held_out_scores(tuned))
+
+
+def held_out_scores(tuned: Any) -> tuple[dict[str, float], dict[str, float], bool | None]:
+    """(before, after, improved) of a freshly tuned model, as :class:`TunedVersion` holds them: the held-out
+    scores of the model it started from (empty when trained from random weights) and of the kept weights."""
     scores = [{k: v for k, v in record.items() if k.startswith("val_")} for record in tuned.history
               if record.get("best")]  # the start's validation first, the kept weights' last
     from_scratch = tuned.config.provenance["settings"]["from_scratch"]
-    return TunedVersion(path=path, parent=Path(model_path), before={} if from_scratch or not scores else scores[0],
-                        after=scores[-1] if scores else {}, improved=tuned.config.history[-1].get("improved"))
+    return ({} if from_scratch or not scores else scores[0], scores[-1] if scores else {},
+            tuned.config.history[-1].get("improved"))
 
 
 class TrainingProcess:
     """Run ``body`` (default :func:`train_and_save`) in a spawned child; :meth:`relay` yields its progress.
 
     Use it as a context manager: leaving the block stops the child (see :meth:`stop`) however the relay
-    ended, so no child outlives the run that started it.
+    ended, so no child outlives the run that started it. With ``feed`` the child's body gets a
+    :class:`Snapshots` instead of the list of samples, and later samples reach it through :meth:`send`.
     """
 
-    def __init__(self, model_path: Path, samples: list, options: dict[str, Any], body: Body | None = None) -> None:
+    def __init__(self, model_path: Path, samples: list, options: dict[str, Any], body: Body | None = None,
+                 feed: bool = False) -> None:
         from napari_unet.core.library import home_dir
 
         context = multiprocessing.get_context("spawn")
@@ -125,7 +136,8 @@ class TrainingProcess:
         inputs, send_inputs = context.Pipe(duplex=False)
         self.process = context.Process(
             target=_child_main, name="napari-unet fine-tuning", daemon=True,  # daemon: ended when Python exits
-            args=(send, inputs, self._cancel, home_dir(), body or train_and_save, Path(model_path), options))
+            args=(send, inputs, self._cancel, home_dir(), body or train_and_save, Path(model_path), options, feed))
+        self._inputs = send_inputs if feed else None
         try:
             with _main_hidden():
                 self.process.start()
@@ -133,11 +145,10 @@ class TrainingProcess:
             send.close()  # the child holds the sending end: the pipe reads EOF once the child is gone
             inputs.close()
         try:  # the images go through a pipe, not the start's arguments: main is hidden only for a moment
-            send_inputs.send(samples)
-        except (BrokenPipeError, EOFError, OSError):
-            raise self._died() from None
+            self.send(samples, inputs=send_inputs)
         finally:
-            send_inputs.close()
+            if not feed:
+                send_inputs.close()
 
     def __enter__(self) -> TrainingProcess:
         return self
@@ -149,12 +160,24 @@ class TrainingProcess:
         """Ask the child to stop after its current step (it then saves the best weights so far)."""
         self._cancel.set()
 
-    def relay(self, cancel: CancelLike = None) -> Generator[Any, None, Any]:
+    def send(self, samples: list, inputs: Any = None) -> None:
+        """Send samples to the child (to a ``feed`` child: a newer snapshot). Its reader takes them at once, so
+        this blocks only while they are copied through the pipe."""
+        try:
+            (inputs or self._inputs).send(samples)
+        except (BrokenPipeError, EOFError, OSError):
+            raise self._died() from None
+
+    def relay(self, cancel: CancelLike = None, outbox: queue.Queue | None = None) -> Generator[Any, None, Any]:
         """Yield the child's progress records and return its result; raise its error, or :class:`Cancelled`.
-        ``cancel`` (the caller's token) is passed on to the child as it is set."""
+        ``cancel`` (the caller's token) is passed on to the child as it is set. Lists of samples put in
+        ``outbox`` (from any thread) go to a ``feed`` child from this thread, only the newest when several
+        wait: pickling images is work the viewer's thread should not do."""
         while True:
             if is_cancelled(cancel) and not self._cancel.is_set():
                 self._cancel.set()
+            if outbox is not None:
+                self._forward(outbox)
             if not self._receive.poll(POLL_S):
                 if not self.process.is_alive() and not self._receive.poll():
                     raise self._died()
@@ -176,6 +199,16 @@ class TrainingProcess:
                 error, details = payload
                 raise error from RemoteTraceback(details)
 
+    def _forward(self, outbox: queue.Queue) -> None:
+        newest = None
+        while True:
+            try:
+                newest = outbox.get_nowait()
+            except queue.Empty:
+                break
+        if newest is not None:
+            self.send(newest)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the child: a cancel and ``grace_s`` to end by itself, then SIGTERM (it removes a half-written
         version), then SIGKILL. Returns once it has exited."""
@@ -188,6 +221,8 @@ class TrainingProcess:
             self.process.kill()
             self.process.join()
         self._receive.close()
+        if self._inputs is not None:
+            self._inputs.close()
 
     def _died(self) -> TrainingProcessError:
         self.process.join(1.0)
@@ -223,17 +258,20 @@ def _main_hidden() -> Iterator[None]:
 
 
 def _child_main(send: Any, inputs: Any, cancel: Any, home: Path, body: Body, model_path: Path,
-                options: dict) -> None:
+                options: dict, feed: bool = False) -> None:
     """The child's entry point: read the samples, run ``body`` and send its progress, warnings and outcome to
     the parent. ``home`` is the parent's user data folder, so that the new version goes into the library it
-    shows."""
+    shows. With ``feed`` the body gets a :class:`Snapshots` of the samples sent so far."""
     os.environ["NAPARI_UNET_HOME"] = str(home)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     _end_with_parent()
     warnings.showwarning = lambda message, category, *args, **kwargs: send.send(("warning", str(message), category))
     try:
         samples = inputs.recv()
-        inputs.close()
+        if feed:
+            samples = Snapshots(samples, inputs)
+        else:
+            inputs.close()
         steps = body(model_path, samples, cancel.is_set, options)
         while True:
             try:
@@ -250,6 +288,37 @@ def _child_main(send: Any, inputs: Any, cancel: Any, home: Path, body: Body, mod
         send.send(("failed", _picklable(exc), traceback.format_exc()))
     finally:
         send.close()
+
+
+class Snapshots:
+    """In a ``feed`` child: the newest list of samples the parent sent, numbered from 1 (the one sent at the
+    start). A thread reads the pipe as snapshots come, so the parent never waits for the body to ask."""
+
+    def __init__(self, first: list, inputs: Any) -> None:
+        self._changed = threading.Condition()
+        self._newest = (1, first)
+        threading.Thread(target=self._read, args=(inputs,), name="read snapshots", daemon=True).start()
+
+    def _read(self, inputs: Any) -> None:
+        while True:
+            try:
+                samples = inputs.recv()
+            except (EOFError, OSError):  # the parent closed its end: no more snapshots
+                return
+            with self._changed:
+                self._newest = (self._newest[0] + 1, samples)
+                self._changed.notify_all()
+
+    def latest(self) -> tuple[int, list]:
+        """(number, samples) of the newest snapshot."""
+        with self._changed:
+            return self._newest
+
+    def wait_newer(self, number: int, cancel: Callable[[], bool]) -> None:
+        """Return once a snapshot newer than ``number`` has arrived, or ``cancel()`` holds."""
+        with self._changed:
+            while self._newest[0] <= number and not cancel():
+                self._changed.wait(POLL_S)
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:

@@ -1,0 +1,120 @@
+"""Live training: fine-tuning that goes on in rounds while the user paints, in the training child process.
+
+The Fine-tune dock's *Live* mode starts one child (:class:`~napari_unet.core.training_process.TrainingProcess`
+with ``feed=True``) that runs :func:`live_rounds`. A round is a short :func:`~napari_unet.core.training.
+finetune_steps` run from the current model on the newest snapshot of the user's annotations. Its first
+validation scores the current model on the round's held-out block (:mod:`napari_unet.core.holdout`), so that
+"before" and "after" are measured on the same pixels. A round *beats* the current model when training lowered
+the held-out loss and the held-out score (object F1@0.5, or foreground Dice for semantic models) is at least
+the current model's, the rule by which the dock selects a finished Fine-tune's version. Such a round is saved
+as the next version (atomically, :func:`~napari_unet.core.versions.save_version`) and the next round starts
+from it; any other round is dropped and the next one starts again from the current model.
+
+Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` rounds on the same snapshot
+without a new version, after a round that could not be scored (too few annotations to hold a block out), and
+after a round whose annotations training refused (labels erased, say), the child waits for a newer snapshot
+instead of spending the cores on more of the same. Every round is reported to the parent as a
+:class:`LiveRound`. Cancelling ends the round in progress without saving it; versions saved stay.
+"""
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from napari_unet.core.cancel import CancelLike
+
+ROUNDS_WITHOUT_GAIN = 3  # rounds on one snapshot without a new version, before waiting for new strokes
+
+
+@dataclass(frozen=True)
+class LiveRound:
+    """One finished round, as the child reports it."""
+
+    number: int  # rounds done so far, this one included
+    snapshot: int  # the snapshot it trained on (1: the annotations at the start)
+    score_name: str | None = None  # "val_f1" or "val_dice"; None when the round could not be scored
+    before: float | None = None  # the current model's held-out score, on this round's held-out block
+    after: float | None = None  # the round's kept weights' score on the same block
+    version: Path | None = None  # the version saved: the round beat the current model
+    error: str = ""  # why training refused this snapshot (a message for the user)
+    waiting: bool = False  # the next round waits for a newer snapshot
+
+
+def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], options: dict[str, Any],
+                ) -> Generator[LiveRound, None, None]:
+    """The live child's body: train round after round on the newest of ``snapshots`` (a
+    :class:`~napari_unet.core.training_process.Snapshots`), yielding a :class:`LiveRound` per round, until
+    ``cancel()``. ``options`` are :func:`~napari_unet.core.training.finetune_steps`'s, for one round; the seed
+    moves on by one per round, so that rounds on the same snapshot draw different patches."""
+    from napari_unet.core.devices import configure_cpu_threads
+    from napari_unet.core.errors import Cancelled, InvalidInputError
+    from napari_unet.core.models import load_model
+    from napari_unet.core.versions import save_version
+
+    configure_cpu_threads(interactive=True)  # all cores but one: the viewer keeps one to stay responsive
+    options = dict(options)
+    seed = options.pop("seed", 0)
+    current = load_model(model_path)
+    rounds = without_gain = trained_on = 0
+    while not cancel():
+        number, samples = snapshots.latest()
+        if number != trained_on:
+            without_gain, trained_on = 0, number
+        try:
+            tuned = _run_round(current, samples, cancel, seed + rounds, options)
+        except Cancelled:
+            return
+        except InvalidInputError as exc:
+            rounds += 1
+            yield LiveRound(rounds, number, error=str(exc), waiting=True)
+            snapshots.wait_newer(number, cancel)
+            continue
+        rounds += 1
+        report, beats = _judge(tuned, rounds, number)
+        version = None
+        if beats:
+            version = save_version(tuned)
+            current, without_gain = tuned, 0  # save_version named it: the next round's version follows it
+        else:
+            without_gain += 1
+        waiting = report.score_name is None or without_gain >= ROUNDS_WITHOUT_GAIN
+        yield replace(report, version=version, waiting=waiting)
+        if waiting:
+            snapshots.wait_newer(number, cancel)
+
+
+def _run_round(model: Any, samples: list, cancel: Callable[[], bool], seed: int, options: dict[str, Any]) -> Any:
+    """One round's fine-tuning to its end (its per-step progress stays in the child); Cancelled if stopped."""
+    from napari_unet.core.training import finetune_steps
+
+    steps = finetune_steps(model, samples, cancel=cancel, on_cancel="none", seed=seed, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _judge(tuned: Any, number: int, snapshot: int) -> tuple[LiveRound, bool]:
+    """The round's report (without its version) and whether it beat the model it started from."""
+    from napari_unet.core.training_process import held_out_scores
+
+    before, after, improved = held_out_scores(tuned)
+    name = next((key for key in ("val_f1", "val_dice") if key in after), None)
+    if name is None:
+        return LiveRound(number, snapshot), False
+    beats = improved is True and after[name] >= before.get(name, float("-inf"))
+    return LiveRound(number, snapshot, name, before.get(name), after[name]), beats
+
+
+def live_in_child(model_path: Path, samples: list, cancel: CancelLike, options: dict[str, Any],
+                  outbox: queue.Queue) -> Generator[Any, None, Any]:
+    """The Live worker: :func:`live_rounds` in a training child, fed the snapshots put in ``outbox``; yields
+    each :class:`LiveRound` as it arrives. The child is stopped however this generator ends."""
+    from napari_unet.core.training_process import TrainingProcess
+
+    with TrainingProcess(model_path, samples, options, body=live_rounds, feed=True) as child:
+        return (yield from child.relay(cancel, outbox))
