@@ -59,6 +59,7 @@ from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seco
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope, scope_titles
 from napari_unet.widgets._scroll import scrollable_layout
+from napari_unet.widgets._view import data_position, view_bounds
 from napari_unet.widgets._workers import Outcome, report_failure, segment_in_worker, set_up_once, start_worker
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # core.runner.PRECISIONS, without importing torch here
@@ -341,32 +342,10 @@ class SegmentWidget(QWidget):
         show_warning(message)
 
     def _position(self, layer: Any, axes: str) -> list[float]:
-        """The viewer's position in the layer's data coordinates, one value per axis of ``axes``."""
-        point = list(np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float))
-        return point + [0.0] * (len(axes) - len(point))  # an RGB layer's colour axis has no position
+        return data_position(self.viewer, layer, axes)
 
     def _view_bounds(self, layer: Any, axes: str) -> dict[str, tuple[float, float]] | None:
-        """The Y and X extent of the canvas in the layer's data coordinates (2D view only)."""
-        dims = self.viewer.dims
-        if dims.ndisplay != 2:
-            return None
-        offset = dims.ndim - layer.ndim  # the layer's axes are the viewer's last ones
-        shown = [axis - offset for axis in dims.displayed]
-        if [axes[i] if 0 <= i < len(axes) else "" for i in shown] != ["Y", "X"]:
-            return None
-        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari 0.9
-        canvas = getattr(self.viewer, "canvas", None)
-        height, width = canvas.size if canvas is not None else self.viewer._canvas_size
-        zoom = camera.zoom
-        center = camera.center[-2:]
-        corners = []
-        for dy, dx in ((-1, -1), (1, 1)):
-            point = list(dims.point)
-            point[dims.displayed[0]] = center[0] + dy * height / (2 * zoom)
-            point[dims.displayed[1]] = center[1] + dx * width / (2 * zoom)
-            corners.append(layer.world_to_data(point))
-        (y0, x0), (y1, x1) = ([c[shown[0]], c[shown[1]]] for c in corners)
-        return {"Y": (min(y0, y1), max(y0, y1)), "X": (min(x0, x1), max(x0, x1))}
+        return view_bounds(self.viewer, layer, axes)
 
     def _lazy_steps(self, run: _Run, crop: Any, model_path: Path, options: dict[str, Any], clear: bool) -> Any:
         """The worker of a run too large for memory: labels (and probabilities) go straight into zarr arrays.
