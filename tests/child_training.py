@@ -85,3 +85,36 @@ def stalled_save(real, marker: str):
 
     models._fsync_folder = stall
     return real
+
+
+# live training: the body of the Live mode's child, recording what it trains on
+
+
+def record_snapshots(folder: str, model_path, snapshots, cancel, options):
+    """``live_rounds``, saving the labels of the first pair of each snapshot a round takes as
+    ``folder/snapshot-N.npy`` (written under a temporary name, then renamed: a reader sees whole files)."""
+    import os
+
+    import numpy as np
+
+    from napari_unet.core import live_training
+
+    latest = snapshots.latest
+
+    def recorded():
+        number, samples = latest()
+        path = Path(folder) / f"snapshot-{number}.npy"
+        if not path.exists():
+            np.save(path.with_suffix(".tmp.npy"), samples[0].labels)
+            os.replace(path.with_suffix(".tmp.npy"), path)
+        return number, samples
+
+    snapshots.latest = recorded
+    return (yield from live_training.live_rounds(model_path, snapshots, cancel, options))
+
+
+def use_live(monkeypatch, folder) -> None:
+    """Make Live mode's next runs record their snapshots in ``folder`` (see :func:`record_snapshots`)."""
+    from napari_unet.core import live_training
+
+    monkeypatch.setattr(live_training, "live_rounds", partial(record_snapshots, str(folder)))

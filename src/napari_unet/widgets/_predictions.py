@@ -11,6 +11,10 @@ with its duplicates (a duplicate the user paints on would pass for the model's o
 the layer's state, to every writer plugin, some of which serialise it; a full labels array does not belong
 there. A weak key also frees the copy with the layer.
 
+Live fine-tuning re-segments the part in view with each better version; :func:`write_unedited` writes the new
+labels only where the layer still equals the copy, so the user's edits are never overwritten, and updates the
+copy there.
+
 No prediction is kept for a zarr-backed output (a result too large for memory: a copy would not fit either),
 for outputs over :data:`MAX_BYTES`, for a run that was cancelled or failed, or for a layer whose data was
 replaced afterwards (``layer.data = ...``, e.g. labels loaded from a file): the copy belongs to the array it
@@ -63,6 +67,35 @@ def prediction_of(layer: Any, shape: tuple[int, ...] | None = None) -> np.ndarra
     if shape is not None and tuple(prediction.shape) != tuple(shape):
         return None
     return prediction
+
+
+def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, instance: bool) -> int | None:
+    """Write a newer model's ``labels`` over the part ``index`` of ``layer``, only where the layer still holds
+    the kept prediction: the pixels the user painted, erased or relabelled stay as they are. The kept copy then
+    holds the new labels where they were written (and the old prediction where the user's edits are, which
+    stay corrections). Instance ids are shifted past the layer's largest, so that no new object takes the id
+    of one the user drew or of one outside ``index``. Returns the number of pixels written, or None (nothing
+    written) when no prediction is kept for the layer: its edits cannot be told apart from the model's output.
+    """
+    real = unwrap(layer)
+    kept = prediction_of(real, tuple(real.data.shape))
+    if kept is None:
+        return None
+    data = real.data
+    unedited = data[index] == kept[index]
+    new = np.asarray(labels).reshape(unedited.shape)
+    if instance:
+        new = np.where(new > 0, new.astype(np.int64) + int(data.max(initial=0)), 0)
+        if int(new.max(initial=0)) > np.iinfo(data.dtype).max:  # widen the ids' type; the copy follows
+            data = data.astype(np.int32)
+            real.data = data
+    data[index][unedited] = new[unedited]
+    updated = np.array(kept, copy=True)  # a new copy: training may be reading the old one in another thread
+    updated[index][unedited] = new[unedited]
+    updated.flags.writeable = False
+    _KEPT[real] = (updated, weakref.ref(data))
+    real.refresh()
+    return int(unedited.sum())
 
 
 def weighing_note(with_prediction: int) -> str:

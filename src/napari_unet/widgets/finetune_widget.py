@@ -8,7 +8,8 @@ saved as a new version in the library (by the child). The dock shows its score o
 annotations beside its parent's; a version that never beat its parent, or scores lower, is kept but not
 selected, any other is selected in the Segment widget, "Segment again" re-runs the Segment widget's image with it and "Roll back"
 selects the parent again. A labels layer Segment made carries the model's prediction (:mod:`._predictions`):
-the pixels the user changed from it weigh more in training.
+the pixels the user changed from it weigh more in training. *Live* trains on continuously while the user
+paints (:mod:`._live_training`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from superqt import QCollapsible
 from napari_unet.widgets._autosave import autosaver_for
 from napari_unet.widgets._channels import ChannelPickers, stack_channels
 from napari_unet.widgets._layers import LayerPicker, full_resolution, infer_axes, output_record
+from napari_unet.widgets._live_training import LiveTraining
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
 from napari_unet.widgets._predictions import corrections_message, prediction_of, weighing_note
@@ -149,6 +151,17 @@ class FinetuneWidget(QWidget):
 
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(self._on_button)
+        self.live = LiveTraining(self)
+        self.live_button = QPushButton("Live")
+        self.live_button.setCheckable(True)
+        self.live_button.setToolTip("Train continuously while you paint: new strokes are sent every few seconds, "
+                                    "and each version that beats the one in use on your held-out annotations is "
+                                    "selected and re-segments the region in view, except where you edited.")
+        self.live_button.toggled.connect(self._on_live_toggled)
+        self.live.stopped.connect(self._on_live_stopped)
+        self.live_line = QLabel()
+        self.live_line.setWordWrap(True)
+        self.live_line.hide()
         self.progress_bar = ProgressLine()
         self.plot = LossPlot()
         self.status = QLabel("Correct a segmentation with napari's paint tools, add the image and labels as a "
@@ -182,9 +195,11 @@ class FinetuneWidget(QWidget):
         layout.addWidget(advanced)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.live_button)
         buttons.addWidget(self.segment_again_button, 1)
         buttons.addWidget(self.rollback_button, 1)
         layout.addLayout(buttons)
+        layout.addWidget(self.live_line)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.plot)
         layout.addWidget(self.scores)
@@ -258,18 +273,10 @@ class FinetuneWidget(QWidget):
         if not self.rows:
             raise InvalidInputError("there are no training pairs: press 'Add current layers' with an image and "
                                     "its corrected labels selected")
-        dims, channels = model_kind(self.model_picker.model_path)
         samples = []
         for number, row in enumerate(self.rows, 1):
             image, labels, regions = row.image.layer, row.labels.layer, row.regions.layer
-            if image is None or labels is None:
-                raise InvalidInputError(f"training pair {number} needs an image layer and a labels layer")
-            try:
-                stack = stack_channels(image, row.channels.layers, dims)
-            except ValueError as exc:
-                raise InvalidInputError(f"training pair {number}: {exc}") from None
-            axes = stack.axes if stack else infer_axes(image, dims, channels)
-            data = stack.data if stack else full_resolution(image)
+            data, axes, _ = self.pair_input(number, row)
             expected = tuple(n for n, a in zip(data.shape, axes) if a != "C")
             label_data = labels.data[0] if labels.multiscale else labels.data
             if tuple(label_data.shape) != expected:
@@ -280,6 +287,24 @@ class FinetuneWidget(QWidget):
             samples.append(Sample(image=data, labels=np.array(label_data, copy=True), mask=mask, axes=axes,
                                   prediction=prediction_of(labels, expected)))
         return samples
+
+    def pair_input(self, number: int, row: PairRow) -> tuple[Any, str, str]:
+        """(image data, its axes, the axes of the image layer's own data) of pair ``number`` (``row``): with
+        channel layers chosen, the layers stacked as channels in front ("C" + the layer's axes)."""
+        from napari_unet.core.errors import InvalidInputError
+
+        dims, channels = model_kind(self.model_picker.model_path)
+        image = row.image.layer
+        if image is None or row.labels.layer is None:
+            raise InvalidInputError(f"training pair {number} needs an image layer and a labels layer")
+        try:
+            stack = stack_channels(image, row.channels.layers, dims)
+        except ValueError as exc:
+            raise InvalidInputError(f"training pair {number}: {exc}") from None
+        if stack:
+            return stack.data, stack.axes, stack.axes[1:]
+        axes = infer_axes(image, dims, channels)
+        return full_resolution(image), axes, axes
 
     # ----------------------------------------------------------------------------------------------------------
     # Running
@@ -311,17 +336,8 @@ class FinetuneWidget(QWidget):
         except ValueError as exc:
             return self._refuse(str(exc))
         autosaver_for(self.viewer).save_layers([row.labels.layer for row in self.rows])  # the corrections
-        options = {
-            "time_budget_s": float(self.budget_spin.value()),
-            "steps": self.steps_spin.value() or None,
-            "device": self.device_picker.device,
-            "seed": self.seed_spin.value(),
-            "learning_rate": self.lr_spin.value() or None,
-            "new_kind": (None, True, False)[self.kind_picker.currentIndex()],
-            "from_scratch": self.start_picker.currentIndex() == 1,
-            "batch_size": self.batch_spin.value(),
-            "augment": self.augment_check.isChecked(),
-        }
+        options = {**self.training_options(), "time_budget_s": float(self.budget_spin.value()),
+                   "from_scratch": self.start_picker.currentIndex() == 1}
         token = CancelToken()
         run = {"cancel": token, "progress": RunProgress(f"Fine-tuning {model_path.name}", self.stop),
                "base": model_path.name, "budget": options["time_budget_s"],
@@ -334,9 +350,22 @@ class FinetuneWidget(QWidget):
         run["worker"] = start_worker(lambda: finetune_in_child(model_path, samples, token, options),
                                      lambda event: self._on_event(run, event), self, token, "Fine-tune")
         self.run_button.setText("Stop")
+        self.live_button.setEnabled(False)
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
         note = weighing_note(run["predictions"])
         self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s){note}; you can go on painting.")
+
+    def training_options(self) -> dict[str, Any]:
+        """The training settings of the dock that a Fine-tune run and a live round share."""
+        return {
+            "steps": self.steps_spin.value() or None,
+            "device": self.device_picker.device,
+            "seed": self.seed_spin.value(),
+            "learning_rate": self.lr_spin.value() or None,
+            "new_kind": (None, True, False)[self.kind_picker.currentIndex()],
+            "batch_size": self.batch_spin.value(),
+            "augment": self.augment_check.isChecked(),
+        }
 
     def stop(self) -> None:
         """Stop training early; the best model so far is still saved."""
@@ -351,7 +380,27 @@ class FinetuneWidget(QWidget):
         """Closing the dock (napari takes the widget out of its window) stops a run, as Stop does."""
         if event.type() == QEvent.Type.ParentChange and self.parent() is None:
             self.stop()
+            self.live.stop()
         return super().event(event)
+
+    def _on_live_toggled(self, on: bool) -> None:
+        """Live on: start the live loop (the toggle springs back if it cannot start); off: stop it."""
+        if not on:
+            self.live.stop()
+            self.live_button.setEnabled(False)  # until the training process has ended
+        elif self.live.start():
+            self.run_button.setEnabled(False)
+        else:
+            self.live_button.blockSignals(True)
+            self.live_button.setChecked(False)
+            self.live_button.blockSignals(False)
+
+    def _on_live_stopped(self, status: str) -> None:
+        self.live_button.blockSignals(True)
+        self.live_button.setChecked(False)
+        self.live_button.blockSignals(False)
+        self.live_button.setEnabled(True)
+        self.run_button.setEnabled(True)
 
     def segment_again(self) -> None:
         """Segment the Segment widget's image with the model this dock selected last (the new version, or
@@ -368,14 +417,14 @@ class FinetuneWidget(QWidget):
         if self.saved_path is None or self.parent_path is None:
             return
         new, self.saved_path = self.saved_path, None
-        self._select(self.parent_path)
+        self.select_model(self.parent_path)
         self.rollback_button.setEnabled(False)
         message = (f"Rolled back: {self.parent_path.name} is selected again. '{new.name}' stays in the library "
                    "(choose it in the model list to use it).")
         self.status.setText(message)
         show_info(message)
 
-    def _select(self, path: Path) -> None:
+    def select_model(self, path: Path) -> None:
         """Choose ``path`` as the base model here and as the model of the Segment widget."""
         segment = segment_widget_for(self.viewer)
         if segment is not None:
@@ -411,6 +460,7 @@ class FinetuneWidget(QWidget):
         self._run = None
         self.run_button.setText("Fine-tune")
         self.run_button.setEnabled(True)
+        self.live_button.setEnabled(True)
         status = outcome.status
         if status == "failed":
             message = report_failure(outcome, "Fine-tuning")
@@ -439,7 +489,7 @@ class FinetuneWidget(QWidget):
                 show_warning(message)
             else:
                 self.saved_path, self.parent_path = path, version.parent
-                self._select(path)
+                self.select_model(path)
                 self.segment_again_button.setEnabled(True)
                 self.rollback_button.setEnabled(True)
                 message = (f"{early} as '{path.name}', fine-tuned from {base}. It is selected in the Segment "

@@ -1,0 +1,298 @@
+"""Live mode of the Fine-tune dock: training goes on while the user paints, and each better version shows up
+on screen by itself, without pressing Fine-tune or Segment.
+
+While *Live* is on, :func:`napari_unet.core.live_training.live_in_child` runs in a worker: one training child
+trains in rounds on the newest snapshot of the training pairs (that module says what a round is and when it
+makes a version). This controller works on the main thread:
+
+* it watches the pairs' Labels layers (napari's ``paint`` and ``data`` events) and reviewed-regions layers
+  (``data``) and only sets a flag: a stroke costs nothing more. A QTimer every :data:`TICK_MS` copies the pairs
+  (the dock's ``samples()``) when the flag is set, or when the pairs changed, and puts the copy in the worker's
+  outbox; the worker thread sends it to the child, so the images are pickled off the viewer's thread;
+* on a round that made a version, it selects the version (here and in Segment) and re-segments the region in
+  view of each pair whose labels Segment made (they carry the kept prediction of :mod:`._predictions`) in a
+  Segment worker, then writes the new labels only where the layer still equals that prediction
+  (:func:`._predictions.write_unedited`): strokes are never overwritten. One re-segmentation at a time; the
+  newest version that arrived meanwhile is re-segmented next;
+* it shows the live state in one line: rounds done, the last held-out score, the version in use.
+
+Stopping (the toggle, closing the dock, closing napari) cancels the worker's token: the child drops the round
+in progress and ends, and the versions it saved stay in the library.
+"""
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from napari_unet.widgets._autosave import autosaver_for
+from napari_unet.widgets._layers import spatial_scale, unwrap
+from napari_unet.widgets._models import model_kind
+from napari_unet.widgets._predictions import prediction_of, write_unedited
+from napari_unet.widgets._registry import segment_widget_for
+from napari_unet.widgets._scope import plan_scope
+from napari_unet.widgets._view import data_position, view_bounds
+from napari_unet.widgets._workers import Outcome, report_failure, segment_in_worker, start_worker
+
+TICK_MS = 5000  # how often new strokes are looked for and sent
+ROUND_S = 20.0  # the time budget of one round (the dock's Steps, when set, may end it sooner)
+SCORE_NAMES = {"val_f1": "held-out F1@0.5", "val_dice": "held-out Dice"}
+
+
+@dataclass
+class _LiveRun:
+    cancel: Any  # CancelToken of the training worker
+    outbox: queue.Queue  # snapshots for the worker to send to the child
+    base: Path  # the model live training started from
+    in_use: Path  # the version in use (the newest put to use, else the base)
+    worker: Any = None
+    rounds: int = 0
+    score: str = ""
+    waiting: bool = False
+    error: str = ""
+    versions: list[Path] = field(default_factory=list)
+
+
+class LiveTraining(QObject):
+    """The live loop of a Fine-tune dock (``dock``): start, stop, the tick, and what a new version does."""
+
+    stopped = Signal(str)  # "done" (stopped, versions kept) or "failed", once no training process is left
+    resegmented = Signal(str)  # the version whose labels were just written into the view
+
+    def __init__(self, dock: Any) -> None:
+        super().__init__(dock)
+        self.dock = dock
+        self._run: _LiveRun | None = None
+        self._dirty = False
+        self._pairs: tuple = ()  # the layers of the pairs watched, to notice pairs added, removed or changed
+        self._watched: list[tuple[Any, str]] = []  # (layer, event name) connected to _mark_dirty
+        self._segmenting = False
+        self._pending: Path | None = None  # a version that arrived while another was being re-segmented
+        self.timer = QTimer(self)
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(self.tick)
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Start, stop, tick
+    # ----------------------------------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Start live training on the dock's pairs; False (with a message) when it cannot start."""
+        from napari_unet.core.cancel import CancelToken
+        from napari_unet.core.live_training import live_in_child
+
+        dock = self.dock
+        model_path = dock.model_picker.model_path
+        if self._run is not None:
+            return True
+        if model_path is None:
+            return self._refuse("Choose a base model first (or 'Browse...' to a model folder).")
+        try:
+            samples = dock.samples()
+        except ValueError as exc:
+            return self._refuse(str(exc))
+        autosaver_for(dock.viewer).save_layers([row.labels.layer for row in dock.rows])  # the corrections
+        options = {**dock.training_options(), "time_budget_s": ROUND_S}
+        token, outbox = CancelToken(), queue.Queue()
+        run = _LiveRun(token, outbox, model_path, model_path)
+        self._run = run
+        self._watch()
+        run.worker = start_worker(lambda: live_in_child(model_path, samples, token, options, outbox),
+                                  lambda event: self._on_event(run, event), dock, token, "Live fine-tuning")
+        self.timer.start()
+        self._show(f"Live: training the first round on {len(samples)} pair(s) from {model_path.name}...")
+        return True
+
+    def stop(self) -> None:
+        """Stop live training: the round in progress is dropped, the versions made stay in the library."""
+        run = self._run
+        if run is None or run.cancel.cancelled:
+            return
+        run.cancel.cancel()
+        self.timer.stop()
+        self._show(f"Live: stopping after {run.rounds} round(s)...")
+
+    def tick(self) -> None:
+        """Send a fresh snapshot of the pairs when a stroke (or a change of the pairs) came since the last."""
+        run = self._run
+        if run is None or run.cancel.cancelled:
+            return
+        if self._pair_layers() != self._pairs:
+            self._watch()
+            self._dirty = True
+        if not self._dirty:
+            return
+        self._dirty = False
+        try:
+            samples = self.dock.samples()
+        except ValueError as exc:
+            self._show(f"Live: the pairs cannot be sent ({exc}); training goes on with the last ones.")
+            return
+        run.outbox.put(samples)
+        if run.waiting:
+            run.waiting = False
+            self._show_state(run)
+
+    def _refuse(self, message: str) -> bool:
+        self._show(message)
+        show_warning(message)
+        return False
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Watching the pairs
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _pair_layers(self) -> tuple:
+        return tuple((unwrap(row.image.layer), unwrap(row.labels.layer), unwrap(row.regions.layer))
+                     for row in self.dock.rows)
+
+    def _watch(self) -> None:
+        """Connect the pairs' labels and regions layers to the dirty flag (only those of the current pairs)."""
+        self._unwatch()
+        self._pairs = self._pair_layers()
+        for _, labels, regions in self._pairs:
+            for layer, names in ((labels, ("paint", "data")), (regions, ("data",))):
+                for name in names if layer is not None else ():
+                    getattr(layer.events, name).connect(self._mark_dirty)
+                    self._watched.append((layer, name))
+
+    def _unwatch(self) -> None:
+        for layer, name in self._watched:
+            getattr(layer.events, name).disconnect(self._mark_dirty)
+        self._watched = []
+        self._pairs = ()
+
+    def _mark_dirty(self, event: Any = None) -> None:
+        self._dirty = True
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rounds from the child (main thread)
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _on_event(self, run: _LiveRun, event: Any) -> None:
+        if isinstance(event, Outcome):
+            self._finish(run, event)
+            return
+        run.rounds, run.waiting = event.number, event.waiting
+        if event.error and event.error != run.error:
+            show_warning(f"Live fine-tuning: {event.error}")
+        run.error = event.error
+        if event.score_name is not None:
+            run.score = f"{SCORE_NAMES[event.score_name]} {event.after:.3f}"
+        if event.version is not None:
+            run.versions.append(event.version)
+            if not run.cancel.cancelled:  # saved while stopping: kept in the library, not put to use
+                run.in_use = event.version
+                self.dock.select_model(event.version)
+                self._resegment(event.version)
+        self._show_state(run)
+
+    def _show_state(self, run: _LiveRun) -> None:
+        parts = [f"Live: {run.rounds} round{'s' if run.rounds != 1 else ''}",
+                 run.score or "no held-out score yet", f"using {run.in_use.name}"]
+        line = " · ".join(parts)
+        if run.error:
+            line += f" · waiting for new strokes ({run.error})"
+        elif run.waiting:
+            line += " · waiting for new strokes"
+        self._show(line)
+
+    def _finish(self, run: _LiveRun, outcome: Outcome) -> None:
+        self._run = None
+        self.timer.stop()
+        self._unwatch()
+        made = ", ".join(path.name for path in run.versions) or "none"
+        if outcome.status == "failed":
+            message = report_failure(outcome, "Live fine-tuning")
+        else:
+            message = (f"Live fine-tuning stopped after {run.rounds} round(s); versions made: {made} (they stay in "
+                       f"the library). {run.in_use.name} is in use.")
+            show_info(message)
+        if run.in_use != run.base:  # Roll back returns to the model live training started from
+            self.dock.saved_path, self.dock.parent_path = run.in_use, run.base
+            self.dock.rollback_button.setEnabled(True)
+            self.dock.segment_again_button.setEnabled(True)
+        self._show(message)
+        self.stopped.emit("failed" if outcome.status == "failed" else "done")
+
+    def _show(self, text: str) -> None:
+        self.dock.live_line.setText(text)
+        self.dock.live_line.show()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Re-segmenting the view with a new version
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _resegment(self, version: Path) -> None:
+        """Segment what is in view of each pair with ``version`` in a worker; the labels are written when it ends."""
+        from napari_unet.core.cancel import CancelToken
+
+        if self._segmenting:
+            self._pending = version
+            return
+        jobs = self._jobs(version)
+        if not jobs:
+            return
+        token = CancelToken()
+
+        def steps() -> Any:
+            results = []
+            for _, _, crop, options in jobs:
+                results.append((yield from segment_in_worker(crop, version, token, options)))
+            return results
+
+        self._segmenting = True
+        start_worker(steps, lambda event: self._on_segmented(version, jobs, event), self.dock, token,
+                     "Live re-segmentation")
+
+    def _jobs(self, version: Path) -> list[tuple[Any, Any, Any, dict[str, Any]]]:
+        """(labels layer, scope, image crop, segment options) for each pair whose labels carry a prediction."""
+        viewer, dims = self.dock.viewer, model_kind(version)[0]
+        segment = segment_widget_for(viewer)
+        diameter = (segment.diameter_spin.value() or None) if segment is not None else None
+        jobs = []
+        for number, row in enumerate(self.dock.rows, 1):
+            try:
+                data, axes, layer_axes = self.dock.pair_input(number, row)
+            except ValueError:
+                continue
+            image, labels = row.image.layer, row.labels.layer
+            if prediction_of(labels, tuple(n for n, a in zip(data.shape, axes) if a != "C")) is None:
+                continue  # labels not made by Segment: the user's edits cannot be told from the model's output
+            position = [0.0] * (len(axes) - len(layer_axes)) + data_position(viewer, image, layer_axes)
+            scope = plan_scope(data.shape, axes, "view", position, dims, view_bounds(viewer, image, layer_axes))
+            options = {"axes": scope.axes, "device": self.dock.device_picker.device, "diameter": diameter,
+                       "scale": spatial_scale(image, layer_axes, scope.axes), "probabilities": False}
+            jobs.append((labels, scope, data[scope.image_index], options))
+        return jobs
+
+    def _on_segmented(self, version: Path, jobs: list, event: Any) -> None:
+        if not isinstance(event, Outcome):
+            return  # tile progress: the labels are written at the end, where they may still be edited
+        self._segmenting = False
+        if event.status == "failed":
+            report_failure(event, "Live re-segmentation")
+        elif event.status == "done":
+            instance = _task(version) == "instance"
+            for (labels, scope, _, _), result in zip(jobs, event.value):
+                if labels in self.dock.viewer.layers:
+                    write_unedited(labels, scope.output_index, result.labels, instance)
+            self.resegmented.emit(version.name)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._resegment(pending)
+
+
+def _task(folder: Path) -> str:
+    """A model's task ("instance" or "semantic") from its config, without torch."""
+    from napari_unet.core.library import read_config_json
+
+    return str(read_config_json(folder / "config.json").get("task", "instance"))

@@ -1,0 +1,133 @@
+"""Live mode of the Fine-tune dock: training in a child process in rounds, strokes sent at the next tick, better
+versions re-segmenting the view except where the user edited, and a clean stop that keeps the versions.
+
+Each test starts a training child (a few seconds), so they are few."""
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+import child_training
+from napari_unet.core.library import library_dir
+from napari_unet.synthetic import generate_nuclei
+from napari_unet.widgets._predictions import prediction_of
+
+
+def _training_children() -> list:
+    return [p for p in multiprocessing.active_children() if p.name == "napari-unet fine-tuning"]
+
+
+@pytest.fixture
+def segmented(qtbot, viewer, segment_widget, finetune_widget, run_segment):
+    """A 160 x 160 image segmented by the tiny model, its output layer added as the training pair, and the
+    Live tick every 300 ms."""
+    image, _ = generate_nuclei((160, 160), seed=1)
+    viewer.add_image(image, name="cells")
+    assert run_segment(segment_widget) == "done"
+    labels = viewer.layers["cells labels"]
+    assert prediction_of(labels) is not None
+    viewer.layers.selection.active = labels
+    finetune_widget.add_button.click()
+    finetune_widget.live.timer.setInterval(300)
+    yield labels
+    if finetune_widget.live.running:  # a failed test must not leave a child training
+        with qtbot.waitSignal(finetune_widget.live.stopped, timeout=30_000):
+            finetune_widget.live_button.setChecked(False)
+
+
+def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finetune_widget, segmented, tmp_path,
+                                                                    monkeypatch):
+    from napari_unet.core import training
+
+    def not_here(*args):
+        raise AssertionError("training ran in the viewer's process")
+
+    monkeypatch.setattr(training, "_train_step", not_here)
+    child_training.use_live(monkeypatch, tmp_path)
+    finetune_widget.live_button.setChecked(True)
+    assert finetune_widget.live.running and not finetune_widget.run_button.isEnabled()
+    qtbot.waitUntil(lambda: len(_training_children()) == 1, timeout=10_000)
+    qtbot.waitUntil(lambda: (tmp_path / "snapshot-1.npy").exists(), timeout=30_000)
+    assert not (np.load(tmp_path / "snapshot-1.npy") == 77).any()
+
+    segmented.paint((40, 40), 77)  # napari's paint tool: one brush stroke, with its paint event
+    assert (segmented.data == 77).any()
+    qtbot.waitUntil(lambda: (tmp_path / "snapshot-2.npy").exists(), timeout=30_000)
+    sent = np.load(tmp_path / "snapshot-2.npy")
+    np.testing.assert_array_equal(sent == 77, segmented.data == 77)
+    assert "round" in finetune_widget.live_line.text() and "using tiny" in finetune_widget.live_line.text()
+
+    with qtbot.waitSignal(finetune_widget.live.stopped, timeout=30_000) as blocker:
+        finetune_widget.live_button.setChecked(False)
+    assert blocker.args == ["done"] and not _training_children()
+    assert not finetune_widget.live_button.isChecked() and finetune_widget.run_button.isEnabled()
+
+
+def test_a_better_version_resegments_the_view_only_where_the_user_did_not_edit(qtbot, viewer, segment_widget,
+                                                                              finetune_widget, segmented):
+    from napari_unet.core.inference import segment
+    from napari_unet.core.models import load_model
+
+    data = segmented.data
+    data_before = data.copy()
+    # the user's edits: a new object painted in, and part of an object erased (or background painted over)
+    segmented.paint((80, 80), 77)
+    data[20:30, 20:30] = 0
+    edited = data != data_before
+    kept = data.copy()
+    camera = viewer.scene.camera
+    camera.center, camera.zoom = (80, 80), 8.0  # the view covers the middle of the image only
+    view = segment_widget._view_bounds(viewer.layers["cells"], "YX")
+    y0, y1 = (int(v) for v in view["Y"])
+    assert y1 - y0 < 140, "part of the image is out of view"
+
+    written = {}
+
+    def capture(name):
+        written.setdefault("version", name)
+        written.setdefault("labels", segmented.data.copy())
+        written.setdefault("prediction", prediction_of(segmented))
+
+    finetune_widget.live.resegmented.connect(capture)
+    with qtbot.waitSignal(finetune_widget.live.resegmented, timeout=60_000):
+        finetune_widget.live_button.setChecked(True)
+    version = library_dir() / written["version"]
+    assert segment_widget.model_picker.model_path.parent == library_dir(), "a new version is selected"
+    labels = written["labels"]
+    np.testing.assert_array_equal(labels[edited], kept[edited])  # the user's pixels are never overwritten
+
+    # elsewhere in view: the new version's objects (ids shifted past the layer's); out of view: unchanged
+    from napari_unet.widgets._scope import plan_scope
+
+    scope = plan_scope((160, 160), "YX", "view", (80, 80), view=view)
+    region = scope.output_index
+    expected = np.asarray(segment(viewer.layers["cells"].data[region], load_model(version), axes="YX").labels)
+    free = ~edited[region]
+    ours = labels[region]
+    shifted = np.where(expected > 0, expected + kept.max(), 0)  # new ids start past the layer's largest
+    np.testing.assert_array_equal(ours[free], shifted[free])
+    assert (ours[free] != kept[region][free]).any(), "the view was re-segmented"
+    outside = np.ones(labels.shape, bool)
+    outside[region] = False
+    np.testing.assert_array_equal(labels[outside], kept[outside])
+    assert np.array_equal(written["prediction"][region][free], ours[free]), "the kept prediction follows"
+    np.testing.assert_array_equal(written["prediction"][edited], data_before[edited])  # edits stay corrections
+
+
+def test_closing_the_dock_stops_the_child_and_keeps_the_versions(qtbot, viewer, finetune_widget, segmented):
+    from napari_unet.core.models import load_model
+
+    with qtbot.waitSignal(finetune_widget.live.resegmented, timeout=60_000):
+        finetune_widget.live_button.setChecked(True)
+    assert (library_dir() / "tiny-v2").is_dir()
+    with qtbot.waitSignal(finetune_widget.live.stopped, timeout=30_000) as blocker:
+        viewer.window.remove_dock_widget(finetune_widget)  # what the dock's close button does
+    assert blocker.args == ["done"]
+    qtbot.waitUntil(lambda: not _training_children(), timeout=10_000)
+    versions = sorted(p.name for p in library_dir().iterdir())
+    assert versions[0] == "tiny" and "tiny-v2" in versions and all(not n.startswith(".") for n in versions)
+    for name in versions:
+        load_model(library_dir() / name)
+    assert "stay in the library" in finetune_widget.live_line.text()
