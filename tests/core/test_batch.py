@@ -219,6 +219,49 @@ def test_the_command_spreads_one_zarr_image_over_the_workers(client, model, mode
     assert f"{expected.objects} objects" in capsys.readouterr().err
 
 
+def test_a_package_from_another_tool_runs_on_the_workers_only_with_trust(client, tmp_path, capsys):
+    """The workers load the package themselves, running its code: only with the caller's trust=True (--trust),
+    and without it the run stops at once, in the caller, having written nothing."""
+    pytest.importorskip("bioimageio.core")
+    from foreign_packages import build_package, raw_image
+
+    from napari_unet.cli import main
+    from napari_unet.core.errors import UntrustedCodeError
+
+    package = build_package(tmp_path / "foreign", ("pytorch_state_dict",), 2, ["segmentation"])
+    (tmp_path / "plates").mkdir()
+    images = [raw_image((70, 60 + 8 * i), seed=i) for i in range(2)]
+    for i, image in enumerate(images):
+        tifffile.imwrite(tmp_path / "plates" / f"img{i}.tif", image)
+    pattern = str(tmp_path / "plates" / "*.tif")
+    with pytest.raises(UntrustedCodeError, match="trust=True"):
+        batch.segment_many(pattern, str(package), tmp_path / "refused", client=client, device="cpu")
+    assert not any((tmp_path / "refused").iterdir())
+
+    report = batch.segment_many(pattern, str(package), tmp_path / "labels", client=client, device="cpu",
+                                precision="float32", trust=True)
+    assert not report.failed, report.table()
+    model = load_model(package, trust=True)
+    expected = [segment(image, model, axes="YX", device="cpu", precision="float32").labels for image in images]
+    for i, labels in enumerate(expected):
+        assert np.array_equal(tifffile.imread(tmp_path / "labels" / f"img{i}.tif"), labels)
+    assert 0 < expected[1].mean() < 1  # both classes occur
+
+    command = ["segment", pattern, "--out", str(tmp_path / "cli"), "--model", str(package), "--device", "cpu",
+               "--precision", "float32", "--scheduler", client.scheduler.address, "-q"]
+    assert main(command) == 2 and "--trust" in capsys.readouterr().err
+    assert main(command + ["--trust"]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "cli" / "img1.tif"), expected[1])
+
+    stored = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=images[1].shape, chunks=(32, 32),
+                             dtype=images[1].dtype)
+    stored[...] = images[1]
+    large = batch.segment_large(stored, model, client=client, device="cpu", precision="float32", tile_shape=48,
+                                trust=True)  # the loaded model goes to the workers as its package, with trust
+    assert np.array_equal(large.labels, segment(images[1], model, axes="YX", device="cpu", precision="float32",
+                                                tile_shape=48).labels)
+
+
 def test_missing_distributed_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install napari-unet\[batch\]") as info:

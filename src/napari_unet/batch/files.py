@@ -133,7 +133,7 @@ def segment_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], model:
                  suffix: str = ".tif", overwrite: bool = False, axes: str | None = None,
                  device: str = "auto", tile_shape: int | Sequence[int] | None = None, overlap: int | None = None,
                  batch_size: int | None = None, precision: str = "auto", tta: bool = False,
-                 stack: str | None = None, diameter: float | None = None,
+                 stack: str | None = None, diameter: float | None = None, trust: bool = False,
                  progress: ProgressCallback | None = None) -> BatchReport:
     """Segment every input file on a Dask cluster, one task per file; labels go to ``out_dir/<name><suffix>``.
 
@@ -145,6 +145,8 @@ def segment_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], model:
     suffix: ".tif", ".tiff", ".npy" or ".zarr". Existing outputs are skipped (a rerun resumes) unless
         ``overwrite``. Every worker must see the inputs and ``out_dir`` at the same paths (a shared file system).
     The remaining options are :func:`~napari_unet.core.inference.segment`'s, the same for every file.
+    trust: let a bioimage.io package from another tool run its code (its architecture file or TorchScript
+        program) on every worker, as ``load_model(path, trust=True)`` does; only for packages you trust.
     progress: ``progress(done, total, file name)`` in the calling thread as files finish.
 
     Returns a :class:`BatchReport` (``print(report)`` shows the table); failed files are in ``report.failed``.
@@ -164,7 +166,7 @@ def segment_many(inputs: str | os.PathLike | Sequence[str | os.PathLike], model:
     dashboard = None
     if todo:
         require_distributed()
-        ref = _model_ref(model)
+        ref = _model_ref(model, trust)
         sweep_partials(targets)  # leftovers of a run that crashed
         with _session(client, workers) as session:
             dashboard = dashboard_link(session)

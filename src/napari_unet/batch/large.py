@@ -39,7 +39,7 @@ def segment_large(image: Any, model: Any, out: Any = None, client: Any = None, *
                   overlap: int | None = None, batch_size: int | None = None, precision: str = "auto",
                   tta: bool = False, stack: str | None = None, probabilities: Any = None,
                   tiles_per_task: int | None = None, scratch: str | os.PathLike | None = None,
-                  progress: ProgressCallback | None = None) -> LargeResult:
+                  trust: bool = False, progress: ProgressCallback | None = None) -> LargeResult:
     """Segment one large image with the network on many workers; the labels equal :func:`segment`'s.
 
     image: a zarr array, a path that :mod:`~napari_unet.core.io` reads, or any array the workers can unpickle
@@ -51,6 +51,8 @@ def segment_large(image: Any, model: Any, out: Any = None, client: Any = None, *
     probabilities: a zarr array (classes, *labels shape) to also receive the probabilities, or None.
     tiles_per_task: tiles in one task (default: about four tasks per worker); scratch: a folder every worker and
         this process see, for the probabilities in transit (default: beside ``out``, else a temporary folder).
+    trust: let a bioimage.io package from another tool run its code, here and on every worker
+        (``load_model(path, trust=True)``); only for packages you trust.
 
     Design, and why. Exactness asks that every output pixel come from the same network input as in
     :func:`segment`: the same normalisation statistics (computed once here, from a bounded sample, and sent
@@ -73,7 +75,7 @@ def segment_large(image: Any, model: Any, out: Any = None, client: Any = None, *
     source_axes, image = _open_image(image)
     from napari_unet.core.models import Model
 
-    loaded = model if isinstance(model, Model) else _load_here(model)
+    loaded = model if isinstance(model, Model) else _load_here(model, trust)
     setup = _prepare(image, loaded, axes or source_axes, device, tile_shape, overlap, precision, tta, stack)
     layout, plan, messages = setup["layout"], setup["plan"], setup["messages"]
     labels = _labels_output(out, layout)
@@ -85,7 +87,7 @@ def segment_large(image: Any, model: Any, out: Any = None, client: Any = None, *
     try:
         with _session(client, workers) as session:
             dashboard = dashboard_link(session)
-            ref = _model_ref(loaded)
+            ref = _model_ref(loaded, trust)
             if not isinstance(ref, ModelRef):
                 ref = session.scatter(ref, broadcast=True)
             data = session.scatter(setup["image"], broadcast=True) if isinstance(setup["image"], np.ndarray) \
@@ -118,10 +120,10 @@ def _open_image(image: Any) -> tuple[str | None, Any]:
     return None, image
 
 
-def _load_here(model: Any) -> Any:
+def _load_here(model: Any, trust: bool) -> Any:
     from napari_unet.core.models import load_model
 
-    return load_model(model)
+    return load_model(model, trust=trust)
 
 
 def _prepare(image: Any, model: Any, axes: str | None, device: str, tile_shape: Any, overlap: int | None,

@@ -102,8 +102,8 @@ def _run_many(args: argparse.Namespace) -> int:
         _say_dashboard(client, args.quiet)
         bar = None if args.quiet else ProgressBar("files")
         report = batch.segment_many(files, args.model, args.out, client=client, suffix=args.suffix,
-                                    overwrite=args.overwrite, diameter=args.diameter, progress=bar,
-                                    **_options(args))
+                                    overwrite=args.overwrite, diameter=args.diameter, trust=args.trust,
+                                    progress=bar, **_options(args))
     finally:
         _close(client, args)
     if not args.quiet:
@@ -129,7 +129,7 @@ def _run_large(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         _say_dashboard(client, args.quiet)
-        result = batch.segment_large(str(args.input), args.model, args.output, client=client,
+        result = batch.segment_large(str(args.input), args.model, args.output, client=client, trust=args.trust,
                                      progress=None if args.quiet else ProgressBar("tile groups"), **_options(args))
     finally:
         _close(client, args)

@@ -71,11 +71,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if batch_cli.requested(args):
-        if args.trust:
-            from napari_unet.core.errors import InvalidInputError
-
-            raise InvalidInputError("--trust works for one image at a time: Dask workers load the model themselves "
-                                    "and run no package code; segment the files one by one")
         return batch_cli.run(args)
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.errors import InvalidInputError
