@@ -14,6 +14,11 @@ trained before) and once in the child process it trains in now (:mod:`napari_une
 Phases: *start* (the click to the first progress record: copying the pair, starting the child or the thread,
 loading the model, preparing the data), *steps* (first to last record), *finish* (saving, the dock's update).
 
+A third table (``--live-seconds``, 0 to skip) keeps the Fine-tune dock's *Live* mode on for that long on the same
+pair while a brush stroke is painted every 200 ms (the pair's labels are given a kept prediction, as Segment's
+output has, so that each better version re-segments the view): *start* is the first 5 s (the child starting
+and the first tick), *live* the rest until Live is switched off, *finish* from then until the child has ended.
+
 Three reference rows separate the plugin from its surroundings: the same heartbeat with no run (idle, and
 with napari redrawing its canvas 10 times a second, which is what any visible change costs on this machine's
 renderer), and a heartbeat in a plain Python thread beside ``segment()`` with no viewer at all (what the
@@ -22,7 +27,7 @@ worker's hold on the interpreter lock costs by itself).
 Run under a display or a virtual one:
 
     xvfb-run -a python bench/ui_responsiveness.py [--size 2048] [--threads auto,1,2] [--model nuclei]
-                                                  [--finetune-seconds 20] [--no-segment]
+                                                  [--finetune-seconds 20] [--live-seconds 30] [--no-segment]
 
 The model is the bundled ``nuclei`` model when it is installed, else a randomly initialised U-Net of the same
 kind (the speed of a forward pass does not depend on the weights).
@@ -49,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per thread count (and per fine-tuning mode)")
     parser.add_argument("--finetune-seconds", type=int, default=20, help="time budget of each fine-tuning run "
                         "(default 20; 0 skips the fine-tuning table)")
+    parser.add_argument("--live-seconds", type=int, default=30, help="how long Live mode runs while strokes are "
+                        "painted (default 30; 0 skips the live table)")
     parser.add_argument("--no-segment", action="store_true", help="measure fine-tuning only")
     return parser.parse_args()
 
@@ -165,13 +172,10 @@ def measure_run(widget: Any, heartbeat: Heartbeat, threads: str) -> dict[str, fl
     return summary(heartbeat.beats, windows, ended - started)
 
 
-def measure_finetune(viewer: Any, heartbeat: Heartbeat, model: str, seconds: int,
-                     in_process: bool) -> dict[str, float]:
-    """Click Fine-tune on a 512 x 512 pair; training in the viewer's process (a thread) or in a child."""
+def finetune_dock(viewer: Any, model: str) -> Any:
+    """The Fine-tune dock with the 512 x 512 pair, its model chosen; new versions go to a scratch library."""
     from napari_unet.core.library import resolve_model_folder
-    from napari_unet.core.training_process import train_and_save
     from napari_unet.synthetic import generate_nuclei
-    from napari_unet.widgets import finetune_widget as module
 
     model_path = resolve_model_folder(model)  # before the library moves to a scratch folder
     os.environ["NAPARI_UNET_HOME"] = tempfile.mkdtemp(prefix="napari-unet-bench-")  # new versions go there
@@ -183,6 +187,16 @@ def measure_finetune(viewer: Any, heartbeat: Heartbeat, model: str, seconds: int
     if not widget.rows:
         widget.add_pair(viewer.layers["finetune pair"], viewer.layers["finetune labels"])
     widget.model_picker.select(model_path)
+    return widget
+
+
+def measure_finetune(viewer: Any, heartbeat: Heartbeat, model: str, seconds: int,
+                     in_process: bool) -> dict[str, float]:
+    """Click Fine-tune on a 512 x 512 pair; training in the viewer's process (a thread) or in a child."""
+    from napari_unet.core.training_process import train_and_save
+    from napari_unet.widgets import finetune_widget as module
+
+    widget = finetune_dock(viewer, model)
     widget.budget_spin.setValue(seconds)
     relay = module.finetune_in_child
     if in_process:  # what the dock did before: train_and_save in the worker thread itself
@@ -191,6 +205,49 @@ def measure_finetune(viewer: Any, heartbeat: Heartbeat, model: str, seconds: int
         return measure_run(widget, heartbeat, "auto")
     finally:
         module.finetune_in_child = relay
+
+
+def measure_live(viewer: Any, heartbeat: Heartbeat, model: str, seconds: int,
+                 live: bool = True) -> tuple[dict[str, float], str]:
+    """Live mode on the 512 x 512 pair for ``seconds`` while a stroke is painted every 200 ms (without ``live``:
+    the strokes alone, the reference); the gaps and what live training did (rounds, versions,
+    re-segmentations of the view)."""
+    import numpy as np
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from napari_unet.widgets._live_training import TICK_MS
+    from napari_unet.widgets._predictions import keep_prediction
+
+    widget = finetune_dock(viewer, model)
+    labels = viewer.layers["finetune labels"]
+    keep_prediction(labels)  # as Segment's output has one: better versions re-segment the view
+    rng = np.random.default_rng(0)
+    stroke = QTimer()
+    stroke.setInterval(200)
+    stroke.timeout.connect(lambda: labels.paint(tuple(rng.integers(0, 512, 2)), int(rng.integers(1, 500))))
+    redrawn: list[str] = []
+    widget.live.resegmented.connect(redrawn.append)
+    loop = QEventLoop()
+    QTimer.singleShot(seconds * 1000, loop.quit)
+    started = heartbeat.start()
+    widget.live_button.setChecked(live)
+    stroke.start()
+    loop.exec()
+    stroke.stop()
+    if not live:
+        ended = heartbeat.stop()
+        return summary(heartbeat.beats, {"all": (started, ended)}, ended - started), ""
+    run = widget.live._run
+    rounds, versions = (run.rounds, len(run.versions)) if run is not None else (0, 0)
+    stopping = time.perf_counter()
+    widget.live.stopped.connect(loop.quit)
+    widget.live_button.setChecked(False)
+    loop.exec()
+    ended = heartbeat.stop()
+    windows = {"all": (started, ended), "start": (started, started + TICK_MS / 1000),
+               "tiles": (started + TICK_MS / 1000, stopping), "finish": (stopping, ended)}
+    return (summary(heartbeat.beats, windows, ended - started),
+            f"{rounds} rounds, {versions} versions, {len(redrawn)} re-segmentations of the view")
 
 
 def measure_viewer_alone(viewer: Any, heartbeat: Heartbeat, redraw: bool, seconds: float = 3.0) -> dict[str, float]:
@@ -266,6 +323,10 @@ def main() -> int:
     for _ in range(args.repeats if args.finetune_seconds else 0):
         for label, in_process in (("in the viewer's process", True), ("in a child process", False)):
             tuning.append((label, measure_finetune(viewer, heartbeat, model, args.finetune_seconds, in_process)))
+    live = None
+    if args.live_seconds:
+        live = (measure_live(viewer, heartbeat, model, 10, live=False),
+                measure_live(viewer, heartbeat, model, args.live_seconds))
     viewer.close()
     if not args.no_segment:
         rows.append((f"no viewer: worker ({auto})", measure_worker_alone(image, model, "auto")))
@@ -284,6 +345,14 @@ def main() -> int:
         for label, r in tuning:
             cells = "".join(f"{cell(r, phase):>16}" for phase in PHASES)
             print(f"{label:<26}{r['seconds']:>7.1f}{cells}")
+    if live:
+        (strokes, _), (r, done) = live
+        print(f"\nFine-tune dock, Live for {args.live_seconds} s on a 512 x 512 image with a stroke every 200 ms, model "
+              f"{model!r}: {done}; gaps in ms: worst (99th percentile)")
+        print(f"{'':<26}{'run s':>7}{'whole run':>16}{'start':>16}{'live':>16}{'finish':>16}")
+        for label, row in (("strokes only, no training", strokes), ("live training", r)):
+            cells = "".join(f"{cell(row, phase):>16}" for phase in PHASES)
+            print(f"{label:<26}{row['seconds']:>7.1f}{cells}")
     return 0
 
 
