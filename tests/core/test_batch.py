@@ -45,6 +45,15 @@ def test_the_worker_cache_reloads_a_model_saved_again(tmp_path):
     assert batch.worker_model(ref) is not first and worker_models._LOADS[0] == loads + 2
 
 
+def test_the_worker_network_follows_the_model_object():
+    """Models sent in memory are told apart by identity, and only the last one's ready copies are kept."""
+    first, second = tiny_unet(), tiny_unet()
+    network = worker_models._worker_network(first, "cpu", "float32", False)
+    assert worker_models._worker_network(first, "cpu", "float32", False) is network
+    assert worker_models._worker_network(second, "cpu", "float32", False) is not network
+    assert all(held is second for held, _ in worker_models._NETWORKS.values())
+
+
 @pytest.fixture(scope="module")
 def model(model_path) -> Model:
     return load_model(model_path)
@@ -187,6 +196,19 @@ def test_a_large_image_survives_a_dead_worker(client, model, tmp_path):
     assert np.array_equal(probabilities[...], expected.probabilities)
     assert _partials(tmp_path) == [] and not list(tmp_path.glob(".napari-unet-tiles-*"))
     client.wait_for_workers(2, timeout=60)
+
+
+def test_a_numpy_image_and_a_model_only_in_memory_across_workers_equal_in_process(client, model, model_path):
+    """Arrays and models that live only in the caller's memory reach the workers as data: the image once, the
+    model once (it has no folder for them to load), each task getting them as its own arguments."""
+    image, _ = generate_nuclei((256, 256), seed=5)
+    expected = segment(image, model, device="cpu", tile_shape=128, probabilities=False)
+    unsaved = Model(model.network, model.config)  # the nuclei weights, with no folder
+    assert unsaved.path is None
+    for source in (model_path, unsaved):
+        result = batch.segment_large(image, source, client=client, device="cpu", tile_shape=128, tiles_per_task=2)
+        assert result.tasks > 2 and result.objects == expected.objects > 5
+        assert _same_objects(result.labels, expected.labels)
 
 
 def test_the_command_runs_a_glob_on_a_scheduler_with_a_progress_bar_and_a_table(client, model, model_path,

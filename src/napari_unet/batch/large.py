@@ -92,9 +92,9 @@ def segment_large(image: Any, model: Any, out: Any = None, client: Any = None, *
                 ref = session.scatter(ref, broadcast=True)
             data = session.scatter(setup["image"], broadcast=True) if isinstance(setup["image"], np.ndarray) \
                 else setup["image"]
-            job = _Job(data, layout, plan, setup["stats"], ref, str(device), precision, tta, batch_size, str(work))
+            job = _Job(layout, plan, setup["stats"], str(device), precision, tta, batch_size, str(work))
             t0 = time.perf_counter()
-            extremes, tasks = _run_tiles(session, job, tiles_per_task, progress, distributed)
+            extremes, tasks = _run_tiles(session, data, ref, job, tiles_per_task, progress, distributed)
             network_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         objects, notes = _label(job, labels.array, loaded.config, extremes, probabilities)

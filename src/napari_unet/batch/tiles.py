@@ -20,13 +20,15 @@ from napari_unet.batch.worker_models import _worker_network, worker_model
 
 @dataclass(frozen=True)
 class _Job:
-    """What every tile task of one run shares: the image, how to read and normalise it, and the tile plan."""
+    """What every tile task of one run shares besides the image and the model: how to read and normalise the
+    image, and the tile plan. The image and the model are the tasks' own arguments, not fields here: Dask
+    replaces a future (a scattered array or model) by its data only where it is an argument of the task or
+    sits in a list, tuple or dict there, never inside another object, which would reach the worker as the
+    future itself."""
 
-    image: Any
     layout: Any
     plan: Any
     stats: Any
-    model: Any  # a ModelRef or a (scattered) Model
     device: str
     precision: str
     tta: bool
@@ -46,17 +48,21 @@ def _tile_groups(plan: Any, per_task: int) -> list[list[tuple[int, ...]]]:
     return groups
 
 
-def _run_tiles(client: Any, job: _Job, per_task: int | None, progress: ProgressCallback | None,
-               distributed: Any) -> tuple[dict[int, tuple[np.ndarray, np.ndarray, bool]], int]:
+def _run_tiles(client: Any, image: Any, model: Any, job: _Job, per_task: int | None,
+               progress: ProgressCallback | None, distributed: Any
+               ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray, bool]], int]:
     """Submit the tile tasks of every plane; returns per plane the pixel range seen (for constant planes) and
-    whether any pixel was NaN or infinite, and the number of tasks."""
+    whether any pixel was NaN or infinite, and the number of tasks.
+
+    image: an array the workers read (a zarr array opens its store there) or a future of a scattered one;
+    model: a :class:`ModelRef` or a future of a scattered ``Model``."""
     planes = list(job.layout.planes())
     if per_task is None:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         per_task = max(1, math.ceil(len(job.plan) * len(planes) / (4 * workers)))
     groups = _tile_groups(job.plan, per_task)
     run = uuid.uuid4().hex[:8]
-    futures = [client.submit(tile_task, job, p, group, key=f"segment-tiles-{run}-{p}-{g}", pure=False)
+    futures = [client.submit(tile_task, image, model, job, p, group, key=f"segment-tiles-{run}-{p}-{g}", pure=False)
                for p in range(len(planes)) for g, group in enumerate(groups)]
     extremes: dict[int, tuple[np.ndarray, np.ndarray, bool]] = {}
     for done, future in enumerate(distributed.as_completed(futures), 1):
@@ -74,8 +80,10 @@ def _tile_path(scratch: str, p: int, t: Sequence[int]) -> Path:
     return Path(scratch) / f"p{p}-t{'-'.join(str(i) for i in t)}.npy"
 
 
-def tile_task(job: _Job, p: int, tiles: list[tuple[int, ...]]) -> tuple[int, np.ndarray, np.ndarray, bool]:
-    """On a worker: the kept probabilities of some tiles of plane ``p``, each saved to its own file.
+def tile_task(image: Any, model: Any, job: _Job, p: int, tiles: list[tuple[int, ...]]
+              ) -> tuple[int, np.ndarray, np.ndarray, bool]:
+    """On a worker: the kept probabilities of some tiles of plane ``p`` of ``image``, each saved to its own
+    file; ``model`` is a :class:`ModelRef` or the ``Model`` itself.
 
     Exactly :func:`segment`'s per-tile work (read with its context, normalise with the image's statistics,
     the network, NaN pixels to background). Returns the plane, the per-channel range of the pixels read and
@@ -84,10 +92,10 @@ def tile_task(job: _Job, p: int, tiles: list[tuple[int, ...]]) -> tuple[int, np.
     from napari_unet.core.runner import auto_batch_size
     from napari_unet.core.tiling import read_tile
 
-    model = worker_model(job.model)
-    network = _worker_network(job.model, model, job.device, job.precision, job.tta)
+    model = worker_model(model)
+    network = _worker_network(model, job.device, job.precision, job.tta)
     plane = list(job.layout.planes())[p]
-    view = job.layout.plane_view(job.image, plane)
+    view = job.layout.plane_view(image, plane)
     normalize = functools.partial(model.config.normalization.apply, stats=job.stats)
     batch = job.batch_size or auto_batch_size(model.config.network, job.plan.tile_shape, network.device,
                                               network.half)

@@ -20,7 +20,7 @@ class ModelRef:
 
 
 _MODELS: dict[tuple[Any, ...], Any] = {}  # per worker process: the model last loaded and its key
-_NETWORKS: dict[tuple[Any, ...], Any] = {}  # per worker process: its inference-ready copy
+_NETWORKS: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # per worker process and setting: (model, its ready copy)
 _LOADS = [0]  # how often this process loaded a model (tests check that it is once)
 
 
@@ -82,15 +82,21 @@ def worker_model(ref: Any) -> Any:
     return model
 
 
-def _worker_network(ref: Any, model: Any, device: str, precision: str, tta: bool) -> Any:
+def _worker_network(model: Any, device: str, precision: str, tta: bool) -> Any:
     """The inference-ready copy of the model's network (batch-norm folded, on the device), made once per
-    process and setting: copying and folding for every group of tiles would cost more than small groups."""
+    process, model and setting: copying and folding for every group of tiles would cost more than small groups.
+
+    The model is told by identity: a worker holds one object per model while a run lasts (loaded by
+    :func:`worker_model`, or received once when scattered), and a model saved again or sent by a later run is
+    a new object. The cache holds that object, so its ``id`` is never reused by another model while cached,
+    and only the last model's copies are kept (a model sent in memory is a new one every run).
+    """
     from napari_unet.core.devices import resolve_device
     from napari_unet.core.runner import Network
 
-    key = (_model_key(ref) if isinstance(ref, ModelRef) else id(model), device, precision, tta)
-    network = _NETWORKS.get(key)
-    if network is None:
-        network = Network(model.network, resolve_device(device), precision, tta)
-        _NETWORKS[key] = network
-    return network
+    if any(held is not model for held, _ in _NETWORKS.values()):
+        _NETWORKS.clear()
+    key = (device, precision, tta)
+    if key not in _NETWORKS:
+        _NETWORKS[key] = (model, Network(model.network, resolve_device(device), precision, tta))
+    return _NETWORKS[key][1]
