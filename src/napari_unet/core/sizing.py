@@ -131,13 +131,19 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
         inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
     result = yield from without_previews(run(resampled, model, letters, **inner))
     _resampled(result, image.shape, yx)
-    for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
-        if target is not None and not isinstance(target, bool):  # the caller's arrays (zarr...)
-            target[...] = getattr(result, name)
-            setattr(result, name, target)
+    into_callers_arrays(result, options)
     result.messages.append(f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
                            f"{trained:.0f} px")
     return result
+
+
+def into_callers_arrays(result: Any, options: dict[str, Any]) -> None:
+    """Copy a result computed on a resampled grid into the arrays the caller passed as ``out`` and
+    ``probabilities`` (zarr...), if any, and make them the result's."""
+    for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
+        if target is not None and not isinstance(target, bool):
+            target[...] = getattr(result, name)
+            setattr(result, name, target)
 
 
 def without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:

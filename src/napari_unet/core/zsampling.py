@@ -128,10 +128,7 @@ def segment_on_model_grid(run: Callable[..., Generator[Any, None, Any]], image: 
     result.objects = int(result.labels.max(initial=0))
     if result.probabilities is not None:
         result.probabilities = np.take(np.asarray(result.probabilities), planes, axis=lz + 1)
-    for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
-        if target is not None and not isinstance(target, bool):  # the caller's arrays (zarr...)
-            target[...] = getattr(result, name)
-            setattr(result, name, target)
+    sizing.into_callers_arrays(result, options)
     result.messages.append(f"Z step of {step:.3g} pixel sizes resampled to the model's {config.z_step:g} "
                            f"({depth} planes -> {resampled.shape[z]}), results on the stack's own planes")
     return result

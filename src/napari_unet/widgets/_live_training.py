@@ -29,7 +29,6 @@ from typing import Any
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from napari_unet.widgets._autosave import autosaver_for
 from napari_unet.widgets._layers import spatial_scale, unwrap
 from napari_unet.widgets._models import model_kind
 from napari_unet.widgets._predictions import prediction_of, write_unedited
@@ -90,16 +89,12 @@ class LiveTraining(QObject):
         from napari_unet.core.live_training import live_in_child
 
         dock = self.dock
-        model_path = dock.model_picker.model_path
         if self._run is not None:
             return True
-        if model_path is None:
-            return self._refuse("Choose a base model first (or 'Browse...' to a model folder).")
-        try:
-            samples = dock.samples()
-        except ValueError as exc:
-            return self._refuse(str(exc))
-        autosaver_for(dock.viewer).save_layers([row.labels.layer for row in dock.rows])  # the corrections
+        prepared = dock.training_input()
+        if isinstance(prepared, str):
+            return self._refuse(prepared)
+        model_path, samples = prepared
         options = {**dock.training_options(), "time_budget_s": ROUND_S}
         token, outbox = CancelToken(), queue.Queue()
         run = _LiveRun(token, outbox, model_path, model_path)

@@ -328,14 +328,10 @@ class FinetuneWidget(QWidget):
     def _start_run(self) -> None:
         from napari_unet.core.cancel import CancelToken
 
-        model_path = self.model_picker.model_path
-        if model_path is None:
-            return self._refuse("Choose a base model first (or 'Browse...' to a model folder).")
-        try:
-            samples = self.samples()
-        except ValueError as exc:
-            return self._refuse(str(exc))
-        autosaver_for(self.viewer).save_layers([row.labels.layer for row in self.rows])  # the corrections
+        prepared = self.training_input()
+        if isinstance(prepared, str):
+            return self._refuse(prepared)
+        model_path, samples = prepared
         options = {**self.training_options(), "time_budget_s": float(self.budget_spin.value()),
                    "from_scratch": self.start_picker.currentIndex() == 1}
         token = CancelToken()
@@ -354,6 +350,19 @@ class FinetuneWidget(QWidget):
         self.progress_bar.set_progress(0, 0, "preparing the training data...")
         note = weighing_note(run["predictions"])
         self.status.setText(f"Fine-tuning {model_path.name} on {len(samples)} image(s){note}; you can go on painting.")
+
+    def training_input(self) -> tuple[Path, list[Any]] | str:
+        """The chosen model and a copy of the pairs to train on (the labels autosaved first: they are the user's
+        corrections), or why there is nothing to train."""
+        model_path = self.model_picker.model_path
+        if model_path is None:
+            return "Choose a base model first (or 'Browse...' to a model folder)."
+        try:
+            samples = self.samples()
+        except ValueError as exc:
+            return str(exc)
+        autosaver_for(self.viewer).save_layers([row.labels.layer for row in self.rows])
+        return model_path, samples
 
     def training_options(self) -> dict[str, Any]:
         """The training settings of the dock that a Fine-tune run and a live round share."""
