@@ -187,6 +187,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_a_stop_that_comes_after_the_work_ends_the_child_quietly(tmp_path):
+    # a SIGTERM from the parent can arrive while the child already runs its exit handlers; raising there printed
+    # "Exception ignored in atexit callback" with a traceback
+    script = textwrap.dedent("""
+        import multiprocessing, signal, sys
+        from pathlib import Path
+        from napari_unet.core import training_process
+        send, receive = multiprocessing.Pipe()
+        inputs, feed = multiprocessing.Pipe()
+        feed.send([])
+        body = lambda model_path, samples, cancelled, options: iter(())
+        training_process._child_main(send, inputs, multiprocessing.Event(), Path(sys.argv[1]), body, Path("m"), {})
+        print(receive.recv()[0], signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == ["done", "True"], result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("before, after, improved, worse", [
     ({"val_f1": 0.5}, {"val_f1": 0.6}, True, False),
     ({"val_f1": 0.6}, {"val_f1": 0.5}, True, True),  # held-out loss fell, but fewer objects are right

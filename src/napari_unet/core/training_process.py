@@ -288,6 +288,9 @@ def _child_main(send: Any, inputs: Any, cancel: Any, home: Path, body: Body, mod
         send.send(("failed", _picklable(exc), traceback.format_exc()))
     finally:
         send.close()
+        # the work is over: a stop from now on (the parent closing) just ends the process; raising SystemExit
+        # inside the interpreter's exit handlers would only print a traceback
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Snapshots:
