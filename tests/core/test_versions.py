@@ -3,6 +3,8 @@ can be listed, renamed and rolled back without losing anything."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -105,3 +107,16 @@ def test_renaming_keeps_the_family_linked_and_deleting_leaves_the_rest(base_mode
     delete_model("nuclei-good")
     assert [v.name for v in lineage("nuclei-v3")] == ["nuclei-v3"]
     load_model("nuclei-v3")
+
+
+def test_a_save_clears_staging_folders_left_by_dead_processes_but_not_recent_ones(base_model):
+    library_dir().mkdir(parents=True, exist_ok=True)
+    stale = library_dir() / ".nuclei-v7.saving-0bad0bad"
+    recent = library_dir() / ".nuclei-v8.saving-0f00d000"  # another process may be saving right now
+    for folder in (stale, recent):
+        folder.mkdir()
+        (folder / "weights.safetensors").write_bytes(b"half written")
+    old = time.time() - library.STALE_STAGING_S - 60
+    os.utime(stale, (old, old))
+    save_model(base_model, "another")
+    assert not stale.exists() and recent.is_dir()

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from napari_unet.core.errors import ModelExistsError, ModelFileError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 MAX_CONFIG_BYTES = 16 * 2**20
+STALE_STAGING_S = 3600.0  # a save's hidden staging folder older than this was left by a process that died
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 
@@ -180,12 +182,25 @@ def staging_folder(target: Path, parent: Path | None = None) -> Path:
     """
     parent = target.parent if parent is None else parent
     parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(parent)
     while True:
         folder = parent / f".{target.name}.saving-{secrets.token_hex(4)}"
         try:
             folder.mkdir()
             return folder
         except FileExistsError:
+            continue
+
+
+def _remove_stale_staging(parent: Path) -> None:
+    """Delete staging folders in ``parent`` left by saves that never finished (a process killed mid-save): older
+    than :data:`STALE_STAGING_S`, far longer than any save takes, so a save in progress elsewhere is never hit."""
+    cutoff = time.time() - STALE_STAGING_S
+    for folder in parent.glob(".*.saving-*"):
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # gone meanwhile, or not ours to read
             continue
 
 
