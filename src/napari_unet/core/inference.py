@@ -131,7 +131,8 @@ def segment_steps(image: Any, model: Model, axes: str | None = None, device: str
         arrays; by default every plane written to is set back to zero.
     scale: pixel size per spatial axis of the image (Z, Y, X in the image's order), e.g. (2.0, 0.5, 0.5); None
         means isotropic. The 3D route resamples Z to the lateral pixel size (:mod:`~napari_unet.core.orthogonal`);
-        a 3D model that records the Z step it was trained at gets Z resampled to it (:mod:`~napari_unet.core.zsampling`).
+        a 3D model that records the Z step it was trained at gets Z resampled to it
+        (:mod:`~napari_unet.core.zsampling`).
     stack: how a 2D instance model treats a z-stack: "3d" (the default where Z has several planes) runs it on
         the YX, ZX and ZY planes and labels the averaged map in 3D, so each object has one id through the
         stack; "planes" labels each plane on its own. Semantic 2D models go plane by plane; 3D models ignore it.
