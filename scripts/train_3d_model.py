@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # the benchmark's held-out test stacks 
 
 import real_data
 import stack3d
+from train_default_model import print_progress
 
 from napari_unet.synthetic import generate_nuclei, random_style
 
@@ -266,19 +267,6 @@ def training_line(provenance: dict[str, Any], threads: int) -> str:
         f"; python scripts/train_3d_model.py --init FOLDER --steps {r['steps']}" for r in runs[1:])
     return (f"{' then '.join(parts)} on {threads} CPU thread(s), from a random initialisation; rerun with {rerun} "
             "(each run capped by --minutes on a slow machine)")
-
-
-def print_progress(every_s: float = 60.0):
-    """A progress callback that prints validations and, between them, a line every ``every_s`` seconds."""
-    last = [-every_s]
-
-    def report(done: int, total: int, message: str) -> None:
-        now = time.perf_counter()
-        if "validation" in message or now - last[0] >= every_s:
-            last[0] = now
-            print(f"  {done}/{total} {message}", flush=True)
-
-    return report
 
 
 if __name__ == "__main__":
