@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # the benchmark's held-out test stacks 
 
 import real_data
 import stack3d
-from train_default_model import print_progress
+from train_default_model import planned_run
 
 from napari_unet.synthetic import generate_nuclei, random_style
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace, threads: int) -> None:
     """Make the training stacks, train a fresh 3D U-Net, save it to ``args.output``."""
     from napari_unet.core.models import Model, ModelConfig, load_model, save_model
-    from napari_unet.core.training import Sample, finetune
+    from napari_unet.core.training import Sample
     from napari_unet.core.unet import UNetConfig
 
     settings = {**DEFAULTS, "stacks": args.stacks, "steps": args.steps, "minutes": args.minutes}
@@ -174,17 +174,7 @@ def train(args: argparse.Namespace, threads: int) -> None:
         earlier = model.config.provenance
         initial = {"folder": str(args.init), "runs": earlier.get("runs", []) + [
             {key: earlier.get(key) for key in ("steps", "time_s", "stopped", "script_settings")}]}
-    print(f"training {settings['steps']} steps (cap {settings['minutes']:g} min) on {threads} CPU thread(s) ...",
-          flush=True)
-    trained = finetune(
-        model, samples, time_budget_s=settings["minutes"] * 60, steps=settings["steps"], device="cpu",
-        progress=print_progress(), seed=settings["train_seed"], learning_rate=settings["learning_rate"],
-        batch_size=settings["batch_size"], patch_shape=settings["patch"], validations=settings["validations"],
-        patience=settings["validations"] + 1,  # the schedule is planned for the whole run: never stop early
-    )
-    trained.attachments.clear()  # the training stacks are made again from the seeds; they need not ship
-    run = trained.config.history[-1]
-    print(f"  stopped by {run['stopped']} after {run['steps']} steps, {run['time_s'] / 60:.1f} min", flush=True)
+    trained = planned_run(model, samples, settings, threads)
     trained.config.provenance = {
         **trained.config.provenance, "script_settings": settings, "architecture": ARCHITECTURE,
         "initial_weights": initial,

@@ -443,7 +443,6 @@ def train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     import torch
 
     from napari_unet.core.models import save_model
-    from napari_unet.core.training import finetune
 
     settings = settings_of(args)
     samples, facts = prepare(args, settings)
@@ -451,22 +450,31 @@ def train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     architecture = start_model.config.network.to_dict()
     # channels-last convolutions train about a fifth faster on CPUs; saving stores the usual layout
     start_model.network.to(memory_format=torch.channels_last)
-    print(f"training {settings['steps']} steps (cap {settings['minutes']:g} min) on {threads} CPU thread(s) ...",
-          flush=True)
-    trained = finetune(
-        start_model, samples, time_budget_s=settings["minutes"] * 60, steps=settings["steps"], device="cpu",
-        progress=print_progress(), seed=settings["train_seed"], learning_rate=settings["learning_rate"],
-        batch_size=settings["batch_size"], patch_shape=settings["patch"], validations=settings["validations"],
-        patience=settings["validations"] + 1,  # the schedule is planned for the whole run: never stop early
-    )
+    trained = planned_run(start_model, samples, settings, threads)
     del samples
-    trained.attachments.clear()  # the training labels are re-made from the seeds and the data; they need not ship
-    run = trained.config.history[-1]
-    print(f"  stopped by {run['stopped']} after {run['steps']} steps, {run['time_s'] / 60:.1f} min", flush=True)
     facts = {"script_settings": settings, "architecture": architecture, "initial_weights": initial, **facts}
     trained.config.provenance = {**trained.config.provenance, **facts}
     save_model(trained, args.output, overwrite=True)
     return facts
+
+
+def planned_run(model: Any, samples: list[Any], settings: dict[str, Any], threads: int) -> Any:
+    """Train ``model`` for the run the settings plan (steps, with a time cap), on the CPU, and return the trained
+    model without its training labels (they are made again from the seeds and the data; they need not ship)."""
+    from napari_unet.core.training import finetune
+
+    print(f"training {settings['steps']} steps (cap {settings['minutes']:g} min) on {threads} CPU thread(s) ...",
+          flush=True)
+    trained = finetune(
+        model, samples, time_budget_s=settings["minutes"] * 60, steps=settings["steps"], device="cpu",
+        progress=print_progress(), seed=settings["train_seed"], learning_rate=settings["learning_rate"],
+        batch_size=settings["batch_size"], patch_shape=settings["patch"], validations=settings["validations"],
+        patience=settings["validations"] + 1,  # the schedule is planned for the whole run: never stop early
+    )
+    trained.attachments.clear()
+    run = trained.config.history[-1]
+    print(f"  stopped by {run['stopped']} after {run['steps']} steps, {run['time_s'] / 60:.1f} min", flush=True)
+    return trained
 
 
 def finish(args: argparse.Namespace, facts: dict[str, Any], threads: int) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from napari_unet.core import sizing
+from napari_unet.core.axes import check_axes, infer_axes
 from napari_unet.core.errors import InvalidInputError
 
 
@@ -100,9 +102,6 @@ def segment_on_model_grid(run: Callable[..., Generator[Any, None, Any]], image: 
     scale = options.get("scale")
     if config is None or config.network.spatial_dims != 3 or config.z_step is None or scale is None:
         return (yield from run(image, model, axes, **options))
-    from napari_unet.core import sizing
-    from napari_unet.core.axes import check_axes, infer_axes
-
     shape = tuple(int(n) for n in np.shape(image))
     letters = check_axes(axes, len(shape)) if axes is not None else infer_axes(
         shape, spatial_dims=3, in_channels=config.in_channels)

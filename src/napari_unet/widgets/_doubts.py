@@ -9,12 +9,15 @@ The list follows the view: pan, zoom or change plane and it shows the least cert
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
+
+from napari_unet.core.uncertainty import entropy_map, object_doubts, within
+from napari_unet.widgets._layers import geometry_kwargs
 
 SHOWN = 5  # objects listed: a handful to check, not a second labels layer
 
@@ -31,8 +34,6 @@ class Reviewed:
 
 def with_doubts(steps: Generator[Any, None, Any]) -> Generator[Any, None, Reviewed]:
     """Run in the worker: pass ``steps``' progress on, then measure the result's uncertainty."""
-    from napari_unet.core.uncertainty import entropy_map, object_doubts
-
     result = yield from steps
     entropy = entropy_map(np.asarray(result.probabilities))
     return Reviewed(result, entropy, object_doubts(np.asarray(result.labels), entropy))
@@ -71,8 +72,6 @@ class DoubtPanel(QWidget):
     def show_result(self, reviewed: Reviewed, source: Any, output: Any, scope: Any) -> None:
         """Show the uncertainty layer of ``source`` under ``output`` and list its objects (main thread); ``scope``
         (a :class:`~napari_unet.widgets._scope.Scope`) says which part of the output the run covered."""
-        from napari_unet.widgets._layers import geometry_kwargs
-
         name = f"{source.name} uncertainty"
         full = np.zeros(output.data.shape, np.float32)
         full[scope.output_index] = reviewed.entropy.reshape(full[scope.output_index].shape)
@@ -87,8 +86,6 @@ class DoubtPanel(QWidget):
 
     def refresh(self) -> None:
         """List the least certain objects that reach into the view (the plane shown, the canvas's extent)."""
-        from napari_unet.core.uncertainty import within
-
         self.list.clear()
         layer = self._layer
         if layer is None or layer not in self.viewer.layers:
@@ -162,8 +159,6 @@ def _camera(viewer: Any) -> Any:
 def _placed(doubt: Any, scope: Any) -> Any:
     """A doubt of the run's labels placed in the output layer: shifted by the part the run covered, with the
     axes it held at one index (the plane of a "current slice" run) added back."""
-    from dataclasses import replace
-
     centre = [float(s.start) for s in scope.output_index]
     extent = [(s.start, s.stop) for s in scope.output_index]
     free = [axis for axis, fixed in enumerate(scope.fixed) if not fixed]
