@@ -118,3 +118,18 @@ def use_live(monkeypatch, folder) -> None:
     from napari_unet.core import live_training
 
     monkeypatch.setattr(live_training, "live_rounds", partial(record_snapshots, str(folder)))
+
+
+def every_round_beats(model_path, snapshots, cancel, options):
+    """``live_rounds`` in which every scored round beats the current model (a tiny model's rounds rarely do)."""
+    from napari_unet.core import live_training
+
+    live_training.beats = lambda before, after, improved: True
+    return (yield from live_training.live_rounds(model_path, snapshots, cancel, options))
+
+
+def use_live_versions(monkeypatch) -> None:
+    """Make Live mode's next runs save a version from every scored round (see :func:`every_round_beats`)."""
+    from napari_unet.core import live_training
+
+    monkeypatch.setattr(live_training, "live_rounds", every_round_beats)

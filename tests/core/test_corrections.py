@@ -310,3 +310,84 @@ def test_a_corrected_merge_is_learned_with_correction_weighting_and_better_than_
     assert split, f"the corrected pair comes out as two nuclei: {outcome}"
     assert boundary > plain_line + 0.03, f"the boundary the user drew is learned better: {outcome}"
     assert second > plain_second, f"and its look-alikes on another image gain a boundary too: {outcome}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Judging on the corrections (Live mode): labels that are a prediction vouch only for what the user changed
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pairs_in(labels: np.ndarray, rows: slice, cols: slice) -> list[tuple[int, int]]:
+    """The touching pairs whose two objects lie wholly inside the window."""
+    inside = np.zeros(labels.shape, bool)
+    inside[rows, cols] = True
+    return [(a, b) for a, b in touching_pairs(labels) if inside[np.isin(labels, (a, b))].all()]
+
+
+class Outputs(torch.nn.Module):
+    """A stand-in network whose output, for a validation block, is the instance classes of given labels."""
+
+    def __init__(self, block, labels: np.ndarray) -> None:
+        super().__init__()
+        classes = np.zeros(block.input.shape[1:], np.int64)
+        classes[block.crop] = instance_classes(labels, np.ones(labels.shape, bool))
+        self.logits = torch.nn.functional.one_hot(torch.from_numpy(classes), 3).permute(2, 0, 1).float() * 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[None].expand(x.shape[0], -1, -1, -1)
+
+
+def test_vouched_pixels_are_the_changes_and_the_objects_the_user_left_where_they_changed():
+    from napari_unet.core.targets import vouched_pixels
+
+    labels = np.zeros((10, 10), np.int32)
+    labels[1:4, 1:4], labels[6:9, 6:9] = 1, 2
+    corrected = np.zeros(labels.shape, bool)
+    corrected[2, 2] = corrected[0, 9] = True
+    np.testing.assert_array_equal(vouched_pixels(labels, corrected), (labels == 1) | corrected)
+
+
+def test_held_out_corrections_sit_where_the_user_corrected_and_only_they_are_scored():
+    from napari_unet.core.holdout import validate
+
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    window = (slice(0, 64), slice(0, 128))  # the upper half: not the corner held out by default
+    pairs = pairs_in(labels, *window)
+    assert len(pairs) >= 2
+    predicted = merge(labels, pairs)  # the model merged the pairs there; the user split them again
+    sample = Sample(image, labels, prediction=predicted)
+    options = {**PREPARE, "validation_fraction": 0.2}
+    plain = training_data.prepare_data(tiny_model(), [sample], **options).validation
+    data = training_data.prepare_data(tiny_model(), [sample], held_out="corrections", **options)
+    validation = data.validation
+    block, = validation.blocks
+    assert plain.blocks[0].vouched is None and block.vouched is not None and block.vouched.any()
+    assert data.items[0].targets.corrected[data.items[0].targets.annotated].any(), "some corrections train"
+    assert block.instances[block.vouched].any()
+
+    def f1(network_labels, held=validation) -> float:
+        """The held-out F1 of a network that outputs ``network_labels(block instances)`` on each block."""
+        block = held.blocks[0]
+        return validate(Outputs(block, network_labels(block.instances)), held, torch.device("cpu"))["val_f1"]
+
+    # the model that merged them is judged on the objects the user corrected: there it is plainly wrong, while
+    # on all annotations its own output flatters it
+    merging = f1(lambda truth: merge(truth, pairs))
+    assert merging <= 0.8 and f1(lambda truth: merge(truth, pairs), plain) >= merging + 0.1
+    assert f1(lambda truth: truth) == 1.0
+
+
+def test_without_a_corrected_object_held_out_there_is_no_score():
+    from napari_unet.core.holdout import validate
+
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    sample = Sample(image, labels, prediction=labels.copy())  # Segment's labels, nothing changed yet
+    data = training_data.prepare_data(tiny_model(), [sample], held_out="corrections",
+                                      **{**PREPARE, "validation_fraction": 0.2})
+    metrics = validate(tiny_model().network, data.validation, torch.device("cpu"))
+    assert "val_loss" in metrics and "val_f1" not in metrics and "val_dice" not in metrics
+    reviewed = Sample(image, labels, mask=np.ones(labels.shape, bool), prediction=labels.copy())
+    data = training_data.prepare_data(tiny_model(), [reviewed], held_out="corrections",
+                                      **{**PREPARE, "validation_fraction": 0.2})
+    assert "val_f1" in validate(tiny_model().network, data.validation, torch.device("cpu")), \
+        "a reviewed area is the user's word as a whole"

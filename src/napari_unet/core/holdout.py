@@ -8,6 +8,14 @@ measure memorisation, not generalisation.
 
 Each block is evaluated as inference sees an image: the network reads the block with context around it (the
 halo of a valid-padding network, or a margin for same padding) and the output is cropped to the block.
+
+Labels that are a model's own output with a few corrections (Live mode, before the user has reviewed much)
+cannot judge a model: the model that made them agrees with them by construction, and a version that
+differs from it looks worse there whether it is or not. With ``corrections_only`` such items hold out the
+corner of their annotated area that splits the corrections most evenly between held out and trained on, and
+the scores (object F1, Dice) count only what
+the user vouched for (:func:`~napari_unet.core.targets.vouched_pixels`): the objects they changed. Blocks
+without any give no score, so that nothing is judged on the model's word alone.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ class Block:
     weights: np.ndarray
     annotated: np.ndarray
     instances: np.ndarray | None
+    vouched: np.ndarray | None = None  # scores count only these pixels' objects; None: all annotated ones
 
 
 @dataclass
@@ -48,9 +57,10 @@ class Validation:
     annotated_pixels: int
 
 
-def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig, task: str) -> Validation | None:
+def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig, task: str,
+                        corrections_only: bool = False) -> Validation | None:
     """Take validation blocks out of ``items`` (their training weights become 0 there); None when the
-    annotated area is too small to spare ``fraction`` of it."""
+    annotated area is too small to spare ``fraction`` of it. ``corrections_only``: see the module docstring."""
     if fraction <= 0:
         return None
     dims = network.spatial_dims
@@ -59,7 +69,8 @@ def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig,
     budget = min(fraction * counts[chosen].sum(), MAX_PIXELS[dims])
     boxes = {}
     for index in chosen:
-        box = _corner_block(items[index].targets.annotated, budget * counts[index] / counts[chosen].sum())
+        vouched = items[index].targets.vouched if corrections_only else None
+        box = _corner_block(items[index].targets.annotated, budget * counts[index] / counts[chosen].sum(), vouched)
         held = int(items[index].targets.annotated[box].sum())
         if 0 < held < counts[index]:
             boxes[int(index)] = (box, held)
@@ -68,42 +79,60 @@ def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig,
         return None
     blocks = []
     for index, (box, _) in boxes.items():
-        blocks.append(_block(items[index], box, network))
+        blocks.append(_block(items[index], box, network, corrections_only))
         targets = items[index].targets
         targets.annotated[box] = False
         targets.weights[box] = 0.0
     return Validation(blocks, task, total)
 
 
-def _corner_block(annotated: np.ndarray, target: float) -> tuple[slice, ...]:
-    """The smallest square (in YX, all of any leading axis) at the lower-left corner of the annotated area's
-    bounding box that holds at least ``target`` annotated pixels."""
+def _corner_block(annotated: np.ndarray, target: float, prefer: np.ndarray | None = None) -> tuple[slice, ...]:
+    """The smallest square (in YX, all of any leading axis) at a corner of the annotated area's bounding box
+    that holds at least ``target`` annotated pixels: the lower-left corner, or with ``prefer`` the corner whose
+    square splits those pixels most evenly between held out and left to train on (the lower-left one when none
+    does better: with all of them in one corner, holding them all out would leave nothing to learn from)."""
     plane = annotated.reshape(-1, *annotated.shape[-2:]).sum(axis=0)
     rows, cols = np.nonzero(plane)
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    table = np.zeros((plane.shape[0] + 1, plane.shape[1] + 1), dtype=np.int64)
-    table[1:, 1:] = plane.cumsum(0).cumsum(1)
+    table = _summed_area(plane)
 
-    def square(side: int) -> tuple[int, int, int, int]:
-        return max(top, bottom - side), bottom, left, min(right, left + side)
+    def square(side: int, low: bool, first: bool) -> tuple[int, int, int, int]:
+        rows = (max(top, bottom - side), bottom) if low else (top, min(bottom, top + side))
+        return (*rows, left, min(right, left + side)) if first else (*rows, max(left, right - side), right)
 
-    def count(side: int) -> int:
-        y0, y1, x0, x1 = square(side)
-        return int(table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0])
+    def count(summed: np.ndarray, box: tuple[int, int, int, int]) -> int:
+        y0, y1, x0, x1 = box
+        return int(summed[y1, x1] - summed[y0, x1] - summed[y1, x0] + summed[y0, x0])
 
-    lo, hi = 1, max(bottom - top, right - left)
-    while lo < hi:  # smallest side whose square holds the target
-        mid = (lo + hi) // 2
-        if count(mid) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    y0, y1, x0, x1 = square(lo)
+    squares = []
+    for corner in ((True, True), (True, False), (False, True), (False, False)):  # lower-left first
+        lo, hi = 1, max(bottom - top, right - left)
+        while lo < hi:  # smallest side whose square holds the target
+            mid = (lo + hi) // 2
+            if count(table, square(mid, *corner)) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        squares.append(square(lo, *corner))
+        if prefer is None:
+            break
+    if prefer is not None:  # hold out as many as are left to train on, at best half
+        preferred = _summed_area(prefer.reshape(-1, *prefer.shape[-2:]).sum(axis=0))
+        total = int(preferred[-1, -1])
+        squares.sort(key=lambda box: -min(count(preferred, box), total - count(preferred, box)))  # ties: lower-left
+    y0, y1, x0, x1 = squares[0]
     return (*(slice(None),) * (annotated.ndim - 2), slice(y0, y1), slice(x0, x1))
 
 
-def _block(item: Item, box: tuple[slice, ...], network: UNetConfig) -> Block:
-    """The network input for ``box`` with context (mirrored beyond the item) and the block's targets."""
+def _summed_area(plane: np.ndarray) -> np.ndarray:
+    table = np.zeros((plane.shape[0] + 1, plane.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = plane.cumsum(0).cumsum(1)
+    return table
+
+
+def _block(item: Item, box: tuple[slice, ...], network: UNetConfig, corrections_only: bool = False) -> Block:
+    """The network input for ``box`` with context (mirrored beyond the item) and the block's targets; with
+    ``corrections_only``, what the user vouched for in the block (when that is not all of it)."""
     shape = item.targets.classes.shape
     margin = 0 if network.padding == "valid" else SAME_PADDING_CONTEXT
     border = halo(network, min_input_size(network)) if network.padding == "valid" else 0
@@ -119,6 +148,7 @@ def _block(item: Item, box: tuple[slice, ...], network: UNetConfig) -> Block:
         crop.append(slice(offset, offset + length))
     t = item.targets
     annotated = t.annotated[box].copy()
+    vouched = t.vouched[box] & annotated if corrections_only and t.vouched is not None else None
     return Block(
         input=_take_mirrored(item.image, starts, sizes),
         crop=tuple(crop),
@@ -126,6 +156,7 @@ def _block(item: Item, box: tuple[slice, ...], network: UNetConfig) -> Block:
         weights=t.weights[box].copy(),
         annotated=annotated,
         instances=np.where(annotated, t.instances[box], 0) if t.instances is not None else None,
+        vouched=vouched,
     )
 
 
@@ -146,7 +177,8 @@ def _take_mirrored(image: np.ndarray, starts: list[int], sizes: list[int]) -> np
 
 @torch.no_grad()
 def validate(network: torch.nn.Module, validation: Validation, device: torch.device) -> dict[str, float]:
-    """Validation loss, foreground Dice and (instance models) object F1 at IoU 0.5 over all blocks."""
+    """Validation loss over all blocks; foreground Dice and (instance models) object F1 at IoU 0.5 over what
+    the blocks score (all annotated pixels, or only the vouched ones: the module docstring), when anything."""
     network.eval()
     loss_total, predicted, truth = 0.0, [], []
     tp = fp = fn = 0
@@ -155,24 +187,32 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
                                                                         block.annotated)]
         loss = segmentation_loss(logits[np.newaxis], *tensors)
         loss_total += float(loss) * int(block.annotated.sum())
+        scored = block.annotated if block.vouched is None else block.vouched
         classes = logits.argmax(0).cpu().numpy().astype(np.uint8)
-        predicted.append(classes[block.annotated])
-        truth.append(block.classes[block.annotated])
-        if block.instances is not None:  # objects exactly as inference makes them
+        predicted.append(classes[scored])
+        truth.append(block.classes[scored])
+        if block.instances is not None and scored.any():  # objects exactly as inference makes them
             probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()
             objects = np.where(block.annotated, instance_labels(probabilities), 0)
-            matching = object_matching(objects, block.instances)
+            pair = (objects, block.instances)
+            matching = object_matching(*(pair if block.vouched is None else (touching(o, scored) for o in pair)))
             tp, fp, fn = tp + matching.tp, fp + matching.fp, fn + matching.fn
+    metrics = {"val_loss": loss_total / validation.annotated_pixels}
     pred, true = np.concatenate(predicted), np.concatenate(truth)
+    if not pred.size:
+        return metrics  # nothing the user vouched for was held out: no score
     if validation.task == "instance":
         pred, true = (pred > 0).astype(np.uint8), (true > 0).astype(np.uint8)
-    metrics = {
-        "val_loss": loss_total / validation.annotated_pixels,
-        "val_dice": foreground_dice(pred, true, np.ones(pred.shape, dtype=bool)),
-    }
+    metrics["val_dice"] = foreground_dice(pred, true, np.ones(pred.shape, dtype=bool))
     if validation.task == "instance":
         metrics["val_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
     return metrics
+
+
+def touching(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``labels`` with only the objects that have a pixel in ``mask``."""
+    inside = np.unique(labels[mask])
+    return np.where(np.isin(labels, inside[inside > 0]), labels, 0)
 
 
 def _forward(network: torch.nn.Module, blocks: list[Block], device: torch.device,

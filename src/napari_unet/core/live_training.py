@@ -5,10 +5,16 @@ with ``feed=True``) that runs :func:`live_rounds`. A round is a short :func:`~na
 finetune_steps` run from the current model on the newest snapshot of the user's annotations. Its first
 validation scores the current model on the round's held-out block (:mod:`napari_unet.core.holdout`), so that
 "before" and "after" are measured on the same pixels. A round *beats* the current model when training lowered
-the held-out loss and the held-out score (object F1@0.5, or foreground Dice for semantic models) is at least
-the current model's, the rule by which the dock selects a finished Fine-tune's version. Such a round is saved
-as the next version (atomically, :func:`~napari_unet.core.versions.save_version`) and the next round starts
-from it; any other round is dropped and the next one starts again from the current model.
+the held-out loss and the held-out score (object F1@0.5, or foreground Dice for semantic models) rose above the
+current model's (:func:`beats`: stricter than the rule by which the dock selects a version the user asked
+for). Such a round is saved as the next version (atomically, :func:`~napari_unet.core.versions.save_version`)
+and the next round starts from it; any other round is dropped and the next one starts again from the current
+model.
+
+Where the labels are Segment's output with the user's strokes (and no reviewed-regions layer), the held-out
+block is where the strokes are, and only the objects the user changed are scored (``held_out="corrections"``,
+:mod:`napari_unet.core.holdout`): the rest is the current model's own output, which would approve any copy of
+it and reject any change. Until a corrected object can be held out, a round has no score and makes no version.
 
 Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` rounds on the same snapshot
 without a new version, after a round that could not be scored (too few annotations to hold a block out), and
@@ -55,7 +61,7 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
     from napari_unet.core.versions import save_version
 
     configure_cpu_threads(interactive=True)  # all cores but one: the viewer keeps one to stay responsive
-    options = dict(options)
+    options = {"held_out": "corrections", **options}  # Segment's labels are the model's word, but for the strokes
     seed = options.pop("seed", 0)
     current = load_model(model_path)
     rounds = without_gain = trained_on = 0
@@ -106,8 +112,15 @@ def _judge(tuned: Any, number: int, snapshot: int) -> tuple[LiveRound, bool]:
     name = next((key for key in ("val_f1", "val_dice") if key in after), None)
     if name is None:
         return LiveRound(number, snapshot), False
-    beats = improved is True and after[name] >= before.get(name, float("-inf"))
-    return LiveRound(number, snapshot, name, before.get(name), after[name]), beats
+    return LiveRound(number, snapshot, name, before.get(name), after[name]), beats(before, after, improved)
+
+
+def beats(before: dict[str, float], after: dict[str, float], improved: bool | None) -> bool:
+    """Whether a round's version beats the model it started from: training lowered the held-out loss and the
+    held-out score rose. Strictly: on held-out corrections the current model scores low by construction (they
+    are where it was wrong), and a version that does no better there has shown nothing; a tie is noise."""
+    name = next((key for key in ("val_f1", "val_dice") if key in after), None)
+    return improved is True and name is not None and after[name] > before.get(name, float("-inf"))
 
 
 def live_in_child(model_path: Path, samples: list, cancel: CancelLike, options: dict[str, Any],

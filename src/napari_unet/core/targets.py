@@ -46,7 +46,9 @@ class Targets:
 
     ``classes`` are the class ids to learn; ``weights`` the per-pixel loss weights (0 outside the annotated
     area); ``annotated`` the annotated area itself; ``instances`` the annotated instance labels (for object
-    F1 in validation; None for semantic models).
+    F1 in validation; None for semantic models). ``vouched`` is set when only part of the annotated area is
+    the user's own word: labels that are a model's output with a few corrections (a prediction given, no
+    reviewed-area mask) vouch only for what the user changed (:func:`vouched_pixels`).
     """
 
     classes: np.ndarray  # uint8
@@ -54,6 +56,7 @@ class Targets:
     annotated: np.ndarray  # bool
     instances: np.ndarray | None = None  # int32
     corrected: np.ndarray | None = None  # bool: annotated pixels the user changed from the prediction
+    vouched: np.ndarray | None = None  # bool: the annotated pixels the user stands behind; None: all of them
 
 
 @dataclass
@@ -331,6 +334,15 @@ def _first_of_each(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
     first = np.zeros(order.size, dtype=bool)
     first[order[np.unique(ids, return_index=True)[1]]] = True
     return first
+
+
+def vouched_pixels(labels: np.ndarray, corrected: np.ndarray) -> np.ndarray:
+    """What a user vouched for in labels made by a model and then corrected: the changed pixels and every
+    object of ``labels`` that holds one of them (the objects as the user left them, whole). The rest is the
+    model's output that nobody has looked at necessarily, so it says nothing about a model's quality."""
+    touched = np.unique(labels[corrected])
+    touched = touched[touched > 0]
+    return corrected | (np.isin(labels, touched) if touched.size else False)
 
 
 def grow_corrections(corrected: np.ndarray, annotated: np.ndarray, margin: int = CORRECTION_MARGIN) -> np.ndarray:

@@ -98,7 +98,7 @@ def finetune(
     on_cancel: Literal["best", "none"] = "best", weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
     validations: int = 20, patience: int = 5, w0: float = 10.0, sigma: float = 5.0,
     freeze_batchnorm: bool | None = None, mixed_precision: bool | None = None, match_polarity: bool = True,
-    correction_weight: float = CORRECTION_WEIGHT,
+    correction_weight: float = CORRECTION_WEIGHT, held_out: Literal["annotations", "corrections"] = "annotations",
 ) -> Model:
     """Fine-tune ``model`` on ``samples`` and return the tuned copy; the options are :func:`finetune_steps`'s."""
     steps_iter = finetune_steps(
@@ -107,7 +107,7 @@ def finetune(
         validation_fraction=validation_fraction, augment=augment, on_cancel=on_cancel, weight_decay=weight_decay,
         warmup_fraction=warmup_fraction, validations=validations, patience=patience, w0=w0, sigma=sigma,
         freeze_batchnorm=freeze_batchnorm, mixed_precision=mixed_precision, match_polarity=match_polarity,
-        correction_weight=correction_weight)
+        correction_weight=correction_weight, held_out=held_out)
     while True:
         try:
             next(steps_iter)
@@ -124,7 +124,7 @@ def finetune_steps(
     on_cancel: Literal["best", "none"] = "best", weight_decay: float = 1e-4, warmup_fraction: float = 0.05,
     validations: int = 20, patience: int = 5, w0: float = 10.0, sigma: float = 5.0,
     freeze_batchnorm: bool | None = None, mixed_precision: bool | None = None, match_polarity: bool = True,
-    correction_weight: float = CORRECTION_WEIGHT,
+    correction_weight: float = CORRECTION_WEIGHT, held_out: Literal["annotations", "corrections"] = "annotations",
 ) -> Generator[TrainProgress, None, Model]:
     """Train a copy of ``model`` on ``samples``, yielding a :class:`TrainProgress` per step; return the copy.
 
@@ -148,7 +148,10 @@ def finetune_steps(
     ``correction_weight`` (at least 1) multiplies the loss weight of the pixels a user changed, in samples
     given with the ``prediction`` they corrected, and of a margin of 2 px around them; 1 turns correction
     weighting off (the predictions are then ignored). The count of corrected pixels and the weight are recorded
-    in the tuned model's history and settings.
+    in the tuned model's history and settings. ``held_out="corrections"`` (Live mode) judges the run only on
+    what the user vouched for where labels are a corrected prediction without a reviewed-area mask: the
+    held-out block goes where the corrections are and scores only the objects the user changed (none held
+    out: no held-out score); see :mod:`napari_unet.core.holdout`.
     """
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc)
@@ -158,10 +161,12 @@ def finetune_steps(
     _check_options(time_budget_s, steps, batch_size, LEARNING_RATE if learning_rate is None else learning_rate,
                    validation_fraction, validations, on_cancel)
     _check_correction_weight(correction_weight)
+    if held_out not in ("annotations", "corrections"):
+        raise InvalidInputError(f"held_out must be 'annotations' or 'corrections', not {held_out!r}")
     augmentation = augment if isinstance(augment, Augmentation) else (Augmentation() if augment else NO_AUGMENTATION)
     rng = np.random.default_rng(seed)
     data = prepare_data(model, samples, patch_shape, validation_fraction, w0, sigma, match_polarity,
-                        correction_weight)
+                        correction_weight, held_out)
     target = resolve_device(device)
     tuned = model.copy()
     tuned.path, tuned.history = None, []
@@ -255,10 +260,11 @@ def finetune_steps(
     settings = {"learning_rate": learning_rate, "new_kind": new_kind, "from_scratch": from_scratch,
                 "batch_size": batch_size, "patch_shape": list(data.input_shape),
                 "validation_fraction": validation_fraction, "augment": augmentation != NO_AUGMENTATION, "w0": w0,
-                "sigma": sigma, "freeze_batchnorm": freeze, "inverted_input": data.inverted, "annotated_object_diameters": data.object_sizes,
+                "sigma": sigma, "freeze_batchnorm": freeze, "inverted_input": data.inverted,
+                "annotated_object_diameters": data.object_sizes,
                 "mixed_precision": str(precision).replace("torch.", "") if precision else None, "device": str(target),
                 "prepare_s": round(prepare_s, 2), "correction_weight": float(correction_weight),
-                "corrected_pixels": data.corrected_pixels}
+                "corrected_pixels": data.corrected_pixels, "held_out": held_out}
     # with a validation block, the kept state is the start itself unless training beat it there
     improved = best_step > 0 if data.validation is not None and not from_scratch else None
     _record_provenance(tuned, model, data, seed, step, elapsed(), reason, started_at, losses, best_metrics, settings,

@@ -36,6 +36,7 @@ from napari_unet.core.targets import (
     instance_targets,
     read_sample,
     semantic_targets,
+    vouched_pixels,
     weight_corrections,
 )
 from napari_unet.core.unet import halo, min_input_size, nearest_valid_sizes, output_size
@@ -89,11 +90,13 @@ class TrainingData:
 
 def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Sequence[int] | None,
                  validation_fraction: float, w0: float, sigma: float, polarity: bool = True,
-                 correction_weight: float = 1.0) -> TrainingData:
+                 correction_weight: float = 1.0, held_out: str = "annotations") -> TrainingData:
     """Check ``samples`` and turn them into what :func:`sample_batch` draws from (see the module's docstring).
     With ``polarity``, annotated objects darker than their background are flipped (:func:`match_polarity`).
     ``correction_weight`` multiplies the loss weight of corrected pixels of samples with a prediction; at 1
-    the corrections are only counted (the data is exactly that of samples without a prediction)."""
+    the corrections are only counted (the data is exactly that of samples without a prediction).
+    ``held_out="corrections"`` holds out, and scores, the user's corrections rather than all annotations where
+    the labels are a corrected prediction (:func:`~napari_unet.core.holdout.hold_out_validation`)."""
     config = model.config
     if isinstance(samples, Sample) or not len(samples):
         raise InvalidInputError("give a list of one or more Sample(image, labels, mask=None, axes='YX')")
@@ -112,7 +115,8 @@ def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Seq
             raise InvalidInputError(f"sample {index}: {exc}") from None
     inverted = polarity and match_polarity(items)
     input_shape, output_shape = _patch_geometry(config.network, [i.image.shape[1:] for i in items], patch_shape)
-    validation = hold_out_validation(items, validation_fraction, config.network, config.task)
+    validation = hold_out_validation(items, validation_fraction, config.network, config.task,
+                                     corrections_only=held_out == "corrections")
     annotated_pixels = sum(int(item.targets.annotated.sum()) for item in items)
     if validation is not None:
         annotated_pixels += validation.annotated_pixels
@@ -210,6 +214,9 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
             if weighted:
                 digest.update(b"prediction" + np.where(plane_annotated, predicted, 0).tobytes())
             targets.corrected = changed_pixels(labels, predicted, plane_annotated, config.task)
+            if arrays.mask is None:  # no reviewed area: only the corrections are known to be the user's
+                targets.vouched = (vouched_pixels(np.where(plane_annotated, labels, 0), targets.corrected)
+                                   if config.task == "instance" else targets.corrected.copy())
         items.append(Item(image, targets, index))
     return items
 
@@ -246,6 +253,8 @@ def _pad(item: Item, input_shape: tuple[int, ...], border: int) -> Item:
         t.instances = np.pad(t.instances, widths)
     if t.corrected is not None:
         t.corrected = np.pad(t.corrected, widths)
+    if t.vouched is not None:
+        t.vouched = np.pad(t.vouched, widths)
     item.image = np.pad(item.image, [(0, 0), *widths], mode="reflect")
     return item
 

@@ -192,7 +192,8 @@ class LiveTraining(QObject):
 
     def _show_state(self, run: _LiveRun) -> None:
         parts = [f"Live: {run.rounds} round{'s' if run.rounds != 1 else ''}",
-                 run.score or "no held-out score yet", f"using {run.in_use.name}"]
+                 run.score or "no held-out correction yet (correct a few objects: each round is tested on some "
+                 "of them)", f"using {run.in_use.name}"]
         line = " · ".join(parts)
         if run.error:
             line += f" · waiting for new strokes ({run.error})"

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.unedited import region_edges, unedited_objects
 from napari_unet.widgets._layers import unwrap
 
 MAX_BYTES = 512 * 2**20  # ~0.2 s to copy on a small CPU; larger stacks train without correction weights
@@ -71,9 +72,10 @@ def prediction_of(layer: Any, shape: tuple[int, ...] | None = None) -> np.ndarra
 
 def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, instance: bool) -> int | None:
     """Write a newer model's ``labels`` over the part ``index`` of ``layer``, only where the layer still holds
-    the kept prediction: the pixels the user painted, erased or relabelled stay as they are. The kept copy then
-    holds the new labels where they were written (and the old prediction where the user's edits are, which
-    stay corrections). Instance ids are shifted past the layer's largest, so that no new object takes the id
+    the kept prediction: the pixels the user painted, erased or relabelled stay as they are. Instance labels
+    are written object by object (:func:`~napari_unet.core.unedited.unedited_objects`), so that no rim or cut
+    piece of an object is left behind. The kept copy then holds the new labels where they were written (and the
+    old prediction where the user's edits are, which stay corrections). Instance ids are shifted past the layer's largest, so that no new object takes the id
     of one the user drew or of one outside ``index``. Returns the number of pixels written, or None (nothing
     written) when no prediction is kept for the layer: its edits cannot be told apart from the model's output.
     """
@@ -82,20 +84,21 @@ def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, ins
     if kept is None:
         return None
     data = real.data
-    unedited = data[index] == kept[index]
+    written = unedited = data[index] == kept[index]
     new = np.asarray(labels).reshape(unedited.shape)
     if instance:
+        written = unedited_objects(data[index], new, unedited, region_edges(index, data.shape))
         new = np.where(new > 0, new.astype(np.int64) + int(data.max(initial=0)), 0)
         if int(new.max(initial=0)) > np.iinfo(data.dtype).max:  # widen the ids' type; the copy follows
             data = data.astype(np.int32)
             real.data = data
-    data[index][unedited] = new[unedited]
+    data[index][written] = new[written]
     updated = np.array(kept, copy=True)  # a new copy: training may be reading the old one in another thread
-    updated[index][unedited] = new[unedited]
+    updated[index][written] = new[written]
     updated.flags.writeable = False
     _KEPT[real] = (updated, weakref.ref(data))
     real.refresh()
-    return int(unedited.sum())
+    return int(written.sum())
 
 
 def weighing_note(with_prediction: int) -> str:

@@ -1,0 +1,65 @@
+"""Live rounds judge a version only on what the user corrected when the labels are Segment's output (the model's
+own labels cannot say whether a change is better): a round with nothing corrected held out has no score and
+makes no version, and a version must score higher than the current model, not as high."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_unet.core.live_training import live_rounds
+from napari_unet.core.models import Model, ModelConfig, save_model
+from napari_unet.core.training_data import Sample
+from napari_unet.core.unet import UNetConfig
+from napari_unet.synthetic import generate_nuclei
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OPTIONS = {"steps": 6, "time_budget_s": None, "batch_size": 2, "seed": 0}
+
+
+class OneSnapshot:
+    """The snapshots of a live child that never gets a newer one: waiting for one ends the rounds."""
+
+    def __init__(self, samples: list) -> None:
+        self.samples, self.waited = samples, False
+
+    def latest(self) -> tuple[int, list]:
+        return 1, self.samples
+
+    def wait_newer(self, number: int, cancel) -> None:
+        self.waited = True
+
+
+def first_round(samples: list) -> object:
+    network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
+    path = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
+    snapshots = OneSnapshot(samples)
+    rounds = live_rounds(Path(path), snapshots, lambda: snapshots.waited, OPTIONS)
+    return next(rounds)
+
+
+def test_segment_labels_without_a_correction_give_no_score_and_no_version():
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    found = first_round([Sample(image, labels, prediction=labels.copy())])
+    assert found.score_name is None and found.version is None and found.waiting
+
+
+def test_labels_the_user_painted_themselves_are_all_held_out_evidence():
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    found = first_round([Sample(image, labels)])
+    assert found.score_name == "val_f1" and found.before is not None and found.after is not None
+
+
+@pytest.mark.parametrize("before, after, improved, expected", [
+    ({"val_f1": 0.0}, {"val_f1": 0.5}, True, True),
+    ({"val_f1": 0.0}, {"val_f1": 0.0}, True, False),  # still wrong on the held-out corrections: a tie is noise
+    ({"val_f1": 0.5}, {"val_f1": 0.4}, True, False),
+    ({"val_f1": 0.0}, {"val_f1": 0.5}, False, False),  # held-out loss never fell: the weights are the start's
+    ({"val_dice": 0.7}, {"val_dice": 0.8}, True, True),
+    ({}, {}, True, False),  # nothing scored
+])
+def test_a_round_beats_the_current_model_only_by_scoring_higher(before, after, improved, expected):
+    from napari_unet.core.live_training import beats
+
+    assert beats(before, after, improved) is expected
