@@ -365,16 +365,29 @@ def test_held_out_corrections_sit_where_the_user_corrected_and_only_they_are_sco
     assert data.items[0].targets.corrected[data.items[0].targets.annotated].any(), "some corrections train"
     assert block.instances[block.vouched].any()
 
-    def f1(network_labels, held=validation) -> float:
-        """The held-out F1 of a network that outputs ``network_labels(block instances)`` on each block."""
+    def scores(network_labels, held=validation) -> dict[str, float]:
+        """The held-out scores of a network that outputs ``network_labels(block instances)`` on each block."""
         block = held.blocks[0]
-        return validate(Outputs(block, network_labels(block.instances)), held, torch.device("cpu"))["val_f1"]
+        return validate(Outputs(block, network_labels(block.instances)), held, torch.device("cpu"))
+
+    def f1(network_labels, held=validation) -> float:
+        return scores(network_labels, held)["val_f1"]
 
     # the model that merged them is judged on the objects the user corrected: there it is plainly wrong, while
     # on all annotations its own output flatters it
     merging = f1(lambda truth: merge(truth, pairs))
     assert merging <= 0.8 and f1(lambda truth: merge(truth, pairs), plain) >= merging + 0.1
     assert f1(lambda truth: truth) == 1.0
+
+    # net: the corrected objects it gets right, less the objects the user left alone that it changes
+    block = validation.blocks[0]
+    corrected = np.unique(block.instances[block.vouched])
+    untouched = np.setdiff1d(np.unique(block.instances), corrected)
+    right = scores(lambda truth: truth)
+    assert 0 < right["val_net"] <= corrected[corrected > 0].size and "val_net" not in scores(lambda t: t, plain)
+    erased = scores(lambda truth: np.where(truth == untouched[-1], 0, truth))  # one object left alone, erased
+    assert erased["val_net"] == right["val_net"] - 1 and erased["val_f1"] == 1.0
+    assert scores(lambda truth: merge(truth, pairs))["val_net"] < right["val_net"]
 
 
 def test_without_a_corrected_object_held_out_there_is_no_score():

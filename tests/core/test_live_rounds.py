@@ -58,6 +58,8 @@ def test_labels_the_user_painted_themselves_are_all_held_out_evidence():
     ({"val_f1": 0.0}, {"val_f1": 0.5}, False, False),  # held-out loss never fell: the weights are the start's
     ({"val_dice": 0.7}, {"val_dice": 0.8}, True, True),
     ({}, {}, True, False),  # nothing scored
+    ({"val_f1": 0.0, "val_net": -1.0}, {"val_f1": 0.5, "val_net": 0.0}, True, True),
+    ({"val_f1": 0.0, "val_net": 0.0}, {"val_f1": 0.5, "val_net": 0.0}, True, False),  # one fixed, one changed
 ])
 def test_a_round_beats_the_current_model_only_by_scoring_higher(before, after, improved, expected):
     from napari_unet.core.live_training import beats

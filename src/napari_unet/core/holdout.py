@@ -15,7 +15,9 @@ differs from it looks worse there whether it is or not. With ``corrections_only`
 corner of their annotated area that splits the corrections most evenly between held out and trained on, and
 the scores (object F1, Dice) count only what
 the user vouched for (:func:`~napari_unet.core.targets.vouched_pixels`): the objects they changed. Blocks
-without any give no score, so that nothing is judged on the model's word alone.
+without any give no score, so that nothing is judged on the model's word alone. ``val_net`` then counts the
+corrected objects a network gets right less the untouched objects it does not repeat: a change there is
+unverified, and from a few corrections it is more often for the worse (``bench/live_first_gain.py``).
 """
 from __future__ import annotations
 
@@ -182,6 +184,7 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
     network.eval()
     loss_total, predicted, truth = 0.0, [], []
     tp = fp = fn = 0
+    changed = None  # with vouched blocks: the untouched objects (the earlier model's) the network does not repeat
     for block, logits in _forward(network, validation.blocks, device):
         tensors = [torch.from_numpy(a[np.newaxis]).to(device) for a in (block.classes, block.weights,
                                                                         block.annotated)]
@@ -191,12 +194,18 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
         classes = logits.argmax(0).cpu().numpy().astype(np.uint8)
         predicted.append(classes[scored])
         truth.append(block.classes[scored])
-        if block.instances is not None and scored.any():  # objects exactly as inference makes them
-            probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()
-            objects = np.where(block.annotated, instance_labels(probabilities), 0)
+        if block.instances is None:
+            continue
+        probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()
+        objects = np.where(block.annotated, instance_labels(probabilities), 0)  # exactly as inference makes them
+        if block.vouched is None:
+            matching = object_matching(objects, block.instances)
+        else:
             pair = (objects, block.instances)
-            matching = object_matching(*(pair if block.vouched is None else (touching(o, scored) for o in pair)))
-            tp, fp, fn = tp + matching.tp, fp + matching.fp, fn + matching.fn
+            inside = [touching(o, scored) for o in pair]
+            matching = object_matching(*inside)
+            changed = (changed or 0) + object_matching(*(np.where(i > 0, 0, o) for i, o in zip(inside, pair))).fn
+        tp, fp, fn = tp + matching.tp, fp + matching.fp, fn + matching.fn
     metrics = {"val_loss": loss_total / validation.annotated_pixels}
     pred, true = np.concatenate(predicted), np.concatenate(truth)
     if not pred.size:
@@ -206,6 +215,8 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
     metrics["val_dice"] = foreground_dice(pred, true, np.ones(pred.shape, dtype=bool))
     if validation.task == "instance":
         metrics["val_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        if changed is not None:
+            metrics["val_net"] = float(tp - changed)
     return metrics
 
 

@@ -118,9 +118,13 @@ def _judge(tuned: Any, number: int, snapshot: int) -> tuple[LiveRound, bool]:
 def beats(before: dict[str, float], after: dict[str, float], improved: bool | None) -> bool:
     """Whether a round's version beats the model it started from: training lowered the held-out loss and the
     held-out score rose. Strictly: on held-out corrections the current model scores low by construction (they
-    are where it was wrong), and a version that does no better there has shown nothing; a tie is noise."""
+    are where it was wrong), and a version that does no better there has shown nothing; a tie is noise. On
+    held-out corrections it must also get more of them right than it changes of the objects around them that
+    the user left as they were (``val_net``): a change there is unverified, and it is what the view shows."""
     name = next((key for key in ("val_f1", "val_dice") if key in after), None)
-    return improved is True and name is not None and after[name] > before.get(name, float("-inf"))
+    if improved is not True or name is None or after[name] <= before.get(name, float("-inf")):
+        return False
+    return "val_net" not in after or after["val_net"] > before.get("val_net", float("-inf"))
 
 
 def live_in_child(model_path: Path, samples: list, cancel: CancelLike, options: dict[str, Any],

@@ -82,6 +82,7 @@ class TrainProgress:
     val_loss: float | None = None
     val_dice: float | None = None
     val_f1: float | None = None
+    val_net: float | None = None  # held_out="corrections": corrected objects right less untouched ones changed
     best: bool = False  # this validation is the best so far: its weights are the ones kept
     message: str = ""
 
@@ -383,7 +384,8 @@ def _record(step: int, steps: int | None, elapsed: float, budget: float | None, 
                          time_left_s=max(0.0, min(left)) if left else None,
                          loss=losses[-1] if losses else None, learning_rate=lr,
                          val_loss=metrics.get("val_loss"), val_dice=metrics.get("val_dice"),
-                         val_f1=metrics.get("val_f1"), best=best, message=", ".join(parts))
+                         val_f1=metrics.get("val_f1"), val_net=metrics.get("val_net"), best=best,
+                         message=", ".join(parts))
 
 
 # --------------------------------------------------------------------------------------------------------------
