@@ -5,6 +5,7 @@ Each test starts a training child (a few seconds), so they are few."""
 from __future__ import annotations
 
 import multiprocessing
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,8 +84,6 @@ def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finet
 def test_a_better_version_resegments_the_view_only_where_the_user_did_not_edit(qtbot, viewer, segment_widget,
                                                                               finetune_widget, segmented,
                                                                               monkeypatch):
-    from types import SimpleNamespace
-
     import napari_unet.widgets._live_training as live_module
     from napari_unet.widgets._scope import plan_scope
 
@@ -165,3 +164,26 @@ def test_closing_the_dock_stops_the_child_and_keeps_the_versions(qtbot, viewer, 
     for name in versions:
         load_model(library_dir() / name)
     assert "stay in the library" in finetune_widget.live_line.text()
+
+
+def test_labels_in_reviewed_regions_are_never_resegmented(qtbot, viewer, finetune_widget, segmented, monkeypatch):
+    import napari_unet.widgets._live_training as live_module
+
+    _, before = corrected_nuclei(segmented)
+    viewer.add_shapes([[[0, 0], [0, 100], [100, 100], [100, 0]]], shape_type="rectangle", name="reviewed")
+    finetune_widget.rows[0].regions.set_layer(viewer.layers["reviewed"])
+    reviewed = np.zeros(before.shape, bool)
+    reviewed[:101, :101] = True
+
+    def segment_in_worker(crop, version, token, options):  # the new version finds nothing at all
+        return SimpleNamespace(labels=np.zeros(crop.shape, np.int32))
+        yield
+
+    monkeypatch.setattr(live_module, "segment_in_worker", segment_in_worker)
+    child_training.use_live_versions(monkeypatch)
+    kept = segmented.data.copy()
+    with qtbot.waitSignal(finetune_widget.live.resegmented, timeout=60_000):
+        finetune_widget.live_button.setChecked(True)
+    labels = segmented.data
+    np.testing.assert_array_equal(labels[reviewed], kept[reviewed])  # checked by the user: left as it is
+    assert (labels[~reviewed] != kept[~reviewed]).any(), "outside, the objects the version did not find went"

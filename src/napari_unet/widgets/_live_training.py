@@ -11,8 +11,9 @@ makes a version). This controller works on the main thread:
   outbox; the worker thread sends it to the child, so the images are pickled off the viewer's thread;
 * on a round that made a version, it selects the version (here and in Segment) and re-segments the region in
   view of each pair whose labels Segment made (they carry the kept prediction of :mod:`._predictions`) in a
-  Segment worker, then writes the new labels only where the layer still equals that prediction
-  (:func:`._predictions.write_unedited`): strokes are never overwritten. One re-segmentation at a time; the
+  Segment worker, then writes the new labels only where the layer still equals that prediction and outside
+  the pair's reviewed regions (:func:`._predictions.write_unedited`): strokes and checked labels are never
+  overwritten. One re-segmentation at a time; the
   newest version that arrived meanwhile is re-segmented next;
 * it shows the live state in one line: rounds done, the last held-out score, the version in use.
 
@@ -32,6 +33,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from napari_unet.widgets._layers import spatial_scale, unwrap
 from napari_unet.widgets._models import model_kind
 from napari_unet.widgets._predictions import prediction_of, write_unedited
+from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scope import plan_scope
 from napari_unet.widgets._view import data_position, view_bounds
@@ -241,7 +243,7 @@ class LiveTraining(QObject):
 
         def steps() -> Any:
             results = []
-            for _, _, crop, options in jobs:
+            for _, _, crop, options, _ in jobs:
                 results.append((yield from segment_in_worker(crop, version, token, options)))
             return results
 
@@ -250,7 +252,8 @@ class LiveTraining(QObject):
                      "Live re-segmentation")
 
     def _jobs(self, version: Path) -> list[tuple[Any, Any, Any, dict[str, Any]]]:
-        """(labels layer, scope, image crop, segment options) for each pair whose labels carry a prediction."""
+        """(labels layer, scope, image crop, segment options, reviewed mask or None) for each pair whose labels
+        carry a prediction."""
         viewer, dims = self.dock.viewer, model_kind(version)[0]
         segment = segment_widget_for(viewer)
         diameter = (segment.diameter_spin.value() or None) if segment is not None else None
@@ -267,7 +270,12 @@ class LiveTraining(QObject):
             scope = plan_scope(data.shape, axes, "view", position, dims, view_bounds(viewer, image, layer_axes))
             options = {"axes": scope.axes, "device": self.dock.device_picker.device, "diameter": diameter,
                        "scale": spatial_scale(image, layer_axes, scope.axes), "probabilities": False}
-            jobs.append((labels, scope, data[scope.image_index], options))
+            regions = row.regions.layer
+            try:
+                reviewed = regions_mask(regions, labels) if regions is not None else None
+            except ValueError:  # no area shape yet: nothing reviewed
+                reviewed = None
+            jobs.append((labels, scope, data[scope.image_index], options, reviewed))
         return jobs
 
     def _on_segmented(self, version: Path, jobs: list, event: Any) -> None:
@@ -278,9 +286,9 @@ class LiveTraining(QObject):
             report_failure(event, "Live re-segmentation")
         elif event.status == "done":
             instance = _task(version) == "instance"
-            for (labels, scope, _, _), result in zip(jobs, event.value):
+            for (labels, scope, _, _, reviewed), result in zip(jobs, event.value):
                 if labels in self.dock.viewer.layers:
-                    write_unedited(labels, scope.output_index, result.labels, instance)
+                    write_unedited(labels, scope.output_index, result.labels, instance, reviewed)
             self.resegmented.emit(version.name)
         pending, self._pending = self._pending, None
         if pending is not None:

@@ -70,12 +70,15 @@ def prediction_of(layer: Any, shape: tuple[int, ...] | None = None) -> np.ndarra
     return prediction
 
 
-def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, instance: bool) -> int | None:
+def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, instance: bool,
+                   reviewed: np.ndarray | None = None) -> int | None:
     """Write a newer model's ``labels`` over the part ``index`` of ``layer``, only where the layer still holds
     the kept prediction: the pixels the user painted, erased or relabelled stay as they are. Instance labels
     are written object by object (:func:`~napari_unet.core.unedited.unedited_objects`), so that no rim or cut
-    piece of an object is left behind. The kept copy then holds the new labels where they were written (and the
-    old prediction where the user's edits are, which stay corrections). Instance ids are shifted past the layer's largest, so that no new object takes the id
+    piece of an object is left behind. ``reviewed`` (a mask over the layer, from its reviewed-regions layer)
+    counts as edited: labels the user checked and left as they were are theirs too. The kept copy then holds the
+    new labels where they were written (and the old prediction where the user's edits are, which stay
+    corrections). Instance ids are shifted past the layer's largest, so that no new object takes the id
     of one the user drew or of one outside ``index``. Returns the number of pixels written, or None (nothing
     written) when no prediction is kept for the layer: its edits cannot be told apart from the model's output.
     """
@@ -84,7 +87,7 @@ def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, ins
     if kept is None:
         return None
     data = real.data
-    written = unedited = data[index] == kept[index]
+    written = unedited = (data[index] == kept[index]) & (True if reviewed is None else ~reviewed[index])
     new = np.asarray(labels).reshape(unedited.shape)
     if instance:
         written = unedited_objects(data[index], new, unedited, region_edges(index, data.shape))
