@@ -13,9 +13,9 @@ Labels that are a model's own output with a few corrections (Live mode, before t
 cannot judge a model: the model that made them agrees with them by construction, and a version that
 differs from it looks worse there whether it is or not. With ``corrections_only`` such items hold out the
 corner of their annotated area that splits the corrections most evenly between held out and trained on, and
-the scores (object F1, Dice) count only what
-the user vouched for (:func:`~napari_unet.core.targets.vouched_pixels`): the objects they changed. Blocks
-without any give no score, so that nothing is judged on the model's word alone. ``val_net`` then counts the
+the scores (object F1, Dice) count only what the user vouched for
+(:func:`~napari_unet.core.targets.vouched_pixels`): the objects they changed. Blocks without any give no
+score, so that nothing is judged on the model's word alone. ``val_net`` then counts the
 corrected objects a network gets right less the untouched objects it does not repeat: a change there is
 unverified, and from a few corrections it is more often for the worse (``bench/live_first_gain.py``).
 """
@@ -99,8 +99,8 @@ def _corner_block(annotated: np.ndarray, target: float, prefer: np.ndarray | Non
     table = _summed_area(plane)
 
     def square(side: int, low: bool, first: bool) -> tuple[int, int, int, int]:
-        rows = (max(top, bottom - side), bottom) if low else (top, min(bottom, top + side))
-        return (*rows, left, min(right, left + side)) if first else (*rows, max(left, right - side), right)
+        ys = (max(top, bottom - side), bottom) if low else (top, min(bottom, top + side))
+        return (*ys, left, min(right, left + side)) if first else (*ys, max(left, right - side), right)
 
     def count(summed: np.ndarray, box: tuple[int, int, int, int]) -> int:
         y0, y1, x0, x1 = box

@@ -339,7 +339,7 @@ def _first_of_each(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
 def vouched_pixels(labels: np.ndarray, corrected: np.ndarray) -> np.ndarray:
     """What a user vouched for in labels made by a model and then corrected: the changed pixels and every
     object of ``labels`` that holds one of them (the objects as the user left them, whole). The rest is the
-    model's output that nobody has looked at necessarily, so it says nothing about a model's quality."""
+    model's output, which the user may not have looked at: it says nothing about a model's quality."""
     touched = np.unique(labels[corrected])
     touched = touched[touched > 0]
     return corrected | (np.isin(labels, touched) if touched.size else False)

@@ -13,8 +13,7 @@ makes a version). This controller works on the main thread:
   view of each pair whose labels Segment made (they carry the kept prediction of :mod:`._predictions`) in a
   Segment worker, then writes the new labels only where the layer still equals that prediction and outside
   the pair's reviewed regions (:func:`._predictions.write_unedited`): strokes and checked labels are never
-  overwritten. One re-segmentation at a time; the
-  newest version that arrived meanwhile is re-segmented next;
+  overwritten. One re-segmentation at a time; the newest version that arrived meanwhile is re-segmented next;
 * it shows the live state in one line: rounds done, the last held-out score, the version in use.
 
 Stopping (the toggle, closing the dock, closing napari) cancels the worker's token: the child drops the round
