@@ -49,6 +49,16 @@ def test_labels_the_user_painted_themselves_are_all_held_out_evidence():
     image, labels = generate_nuclei((128, 128), "dense", seed=0)
     found = first_round([Sample(image, labels)])
     assert found.score_name == "val_f1" and found.before is not None and found.after is not None
+    assert not found.on_corrections
+
+
+def test_corrected_segment_labels_are_scored_on_the_held_out_corrections():
+    from test_corrections import merge, pairs_in
+
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    predicted = merge(labels, pairs_in(labels, slice(0, 64), slice(0, 128)))  # the user split these again
+    found = first_round([Sample(image, labels, prediction=predicted)])
+    assert found.score_name == "val_f1" and found.on_corrections
 
 
 @pytest.mark.parametrize("before, after, improved, expected", [

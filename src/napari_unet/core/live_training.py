@@ -45,6 +45,7 @@ class LiveRound:
     before: float | None = None  # the current model's held-out score, on this round's held-out block
     after: float | None = None  # the round's kept weights' score on the same block
     version: Path | None = None  # the version saved: the round beat the current model
+    on_corrections: bool = False  # scored on held-out corrections only (labels that are Segment's output)
     error: str = ""  # why training refused this snapshot (a message for the user)
     waiting: bool = False  # the next round waits for a newer snapshot
 
@@ -112,7 +113,8 @@ def _judge(tuned: Any, number: int, snapshot: int) -> tuple[LiveRound, bool]:
     name = next((key for key in ("val_f1", "val_dice") if key in after), None)
     if name is None:
         return LiveRound(number, snapshot), False
-    return LiveRound(number, snapshot, name, before.get(name), after[name]), beats(before, after, improved)
+    report = LiveRound(number, snapshot, name, before.get(name), after[name], on_corrections="val_net" in after)
+    return report, beats(before, after, improved)
 
 
 def beats(before: dict[str, float], after: dict[str, float], improved: bool | None) -> bool:

@@ -182,7 +182,8 @@ class LiveTraining(QObject):
             show_warning(f"Live fine-tuning: {event.error}")
         run.error = event.error
         if event.score_name is not None:
-            run.score = f"{SCORE_NAMES[event.score_name]} {event.after:.3f}"
+            name = "F1@0.5 on held-out corrections" if event.on_corrections else SCORE_NAMES[event.score_name]
+            run.score = f"{name} {event.after:.3f}"
         if event.version is not None:
             run.versions.append(event.version)
             if not run.cancel.cancelled:  # saved while stopping: kept in the library, not put to use
