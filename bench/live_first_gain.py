@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dsb2018  # noqa: E402
 from default_model import HELD_OUT, TEST_SEED  # noqa: E402
+from ui_responsiveness import wait_until  # noqa: E402
 
 from napari_unet.core.metrics import iou_pairs, object_f1  # noqa: E402
 
@@ -107,16 +108,6 @@ def cases(args: argparse.Namespace, model: Any) -> list[tuple[str, np.ndarray, n
         if len(found) > args.real:
             break
     return found
-
-
-def wait_until(condition: Any, timeout_s: float) -> bool:
-    from qtpy.QtWidgets import QApplication
-
-    deadline = time.perf_counter() + timeout_s
-    while not condition() and time.perf_counter() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.01)
-    return bool(condition())
 
 
 def measure(name: str, image: np.ndarray, truth: np.ndarray, model: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -107,14 +107,15 @@ def cell(result: dict[str, float], phase: str) -> str:
     return f"{result[phase]:.0f} ({result[phase + ' p99']:.0f})"
 
 
-def wait_until(condition: Any, timeout_s: float = 120.0) -> None:
-    """Run the event loop until ``condition()`` holds."""
+def wait_until(condition: Any, timeout_s: float = 120.0) -> bool:
+    """Run the event loop until ``condition()`` holds or ``timeout_s`` passed; whether it holds."""
     from qtpy.QtWidgets import QApplication
 
     deadline = time.perf_counter() + timeout_s
     while not condition() and time.perf_counter() < deadline:
         QApplication.processEvents()
         time.sleep(0.01)
+    return bool(condition())
 
 
 class Heartbeat:
