@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from napari_unet.core.live_training import live_rounds
+from napari_unet.core.live_training import LiveRound, live_rounds
 from napari_unet.core.models import Model, ModelConfig, save_model
+from napari_unet.core.training import TrainProgress
 from napari_unet.core.training_data import Sample
 from napari_unet.core.unet import UNetConfig
 from napari_unet.synthetic import generate_nuclei
@@ -21,22 +22,26 @@ OPTIONS = {"steps": 6, "time_budget_s": None, "batch_size": 2, "seed": 0}
 class OneSnapshot:
     """The snapshots of a live child that never gets a newer one: waiting for one ends the rounds."""
 
-    def __init__(self, samples: list) -> None:
-        self.samples, self.waited = samples, False
+    def __init__(self, samples: list, waits: int = 1) -> None:
+        self.samples, self.waited = samples, 0
 
     def latest(self) -> tuple[int, list]:
         return 1, self.samples
 
     def wait_newer(self, number: int, cancel) -> None:
-        self.waited = True
+        self.waited += 1
 
 
-def first_round(samples: list) -> object:
+def live_events(samples: list, waits: int = 1) -> list:
+    """Everything a live child reports on one snapshot until it has waited ``waits`` times for a newer one."""
     network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
     path = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
-    snapshots = OneSnapshot(samples)
-    rounds = live_rounds(Path(path), snapshots, lambda: snapshots.waited, OPTIONS)
-    return next(rounds)
+    snapshots = OneSnapshot(samples, waits)
+    return list(live_rounds(Path(path), snapshots, lambda: snapshots.waited >= waits, OPTIONS))
+
+
+def first_round(samples: list) -> LiveRound:
+    return next(event for event in live_events(samples) if isinstance(event, LiveRound))
 
 
 def test_segment_labels_without_a_correction_give_no_score_and_no_version():
@@ -75,3 +80,15 @@ def test_a_round_beats_the_current_model_only_by_scoring_higher(before, after, i
     from napari_unet.core.live_training import beats
 
     assert beats(before, after, improved) is expected
+
+
+def test_the_steps_of_every_round_are_reported_on_one_rising_step_axis():
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    events = live_events([Sample(image, labels, prediction=labels.copy())], waits=2)  # no score: each round waits
+    rounds = [i for i, event in enumerate(events) if isinstance(event, LiveRound)]
+    assert len(rounds) == 2
+    steps = [event.step for event in events if isinstance(event, TrainProgress) and event.loss is not None]
+    assert len(steps) == 2 * OPTIONS["steps"]  # every training step of both rounds, for the loss plot
+    assert steps == sorted(set(steps))  # the second round goes on where the first ended
+    first = [e for e in events[:rounds[0]] if isinstance(e, TrainProgress)]
+    assert first and first[-1].loss is not None and first[-1].step == OPTIONS["steps"]

@@ -74,6 +74,9 @@ def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finet
     sent = np.load(tmp_path / "snapshot-2.npy")
     np.testing.assert_array_equal(sent == 77, segmented.data == 77)
     assert "round" in finetune_widget.live_line.text() and "using tiny" in finetune_widget.live_line.text()
+    losses = finetune_widget.plot.series["loss"]  # the rounds' steps draw one rising loss curve
+    assert len(losses) >= 2 and [x for x, _ in losses] == sorted({x for x, _ in losses})
+    assert "Live" in finetune_widget.status.text() and "press Fine-tune" not in finetune_widget.status.text()
 
     with qtbot.waitSignal(finetune_widget.live.stopped, timeout=30_000) as blocker:
         finetune_widget.live_button.setChecked(False)

@@ -20,7 +20,7 @@ Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` r
 without a new version, after a round that could not be scored (too few annotations to hold a block out), and
 after a round whose annotations training refused (labels erased, say), the child waits for a newer snapshot
 instead of spending the cores on more of the same. Every round is reported to the parent as a
-:class:`LiveRound`. Cancelling ends the round in progress without saving it; versions saved stay.
+:class:`LiveRound`, and its steps as they run (for the dock's loss plot). Cancelling ends the round in progress without saving it; versions saved stay.
 """
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ import queue
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_unet.core.cancel import CancelLike
+
+if TYPE_CHECKING:
+    from napari_unet.core.training import TrainProgress
 
 ROUNDS_WITHOUT_GAIN = 3  # rounds on one snapshot without a new version, before waiting for new strokes
 
@@ -51,11 +54,14 @@ class LiveRound:
 
 
 def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], options: dict[str, Any],
-                ) -> Generator[LiveRound, None, None]:
+                ) -> Generator[LiveRound | TrainProgress, None, None]:
     """The live child's body: train round after round on the newest of ``snapshots`` (a
     :class:`~napari_unet.core.training_process.Snapshots`), yielding a :class:`LiveRound` per round, until
     ``cancel()``. ``options`` are :func:`~napari_unet.core.training.finetune_steps`'s, for one round; the seed
-    moves on by one per round, so that rounds on the same snapshot draw different patches."""
+    moves on by one per round, so that rounds on the same snapshot draw different patches.
+
+    Each round's steps are yielded too, as :class:`~napari_unet.core.training.TrainProgress` numbered on from
+    the rounds before (the dock draws one loss curve for the whole live session)."""
     from napari_unet.core.devices import configure_cpu_threads
     from napari_unet.core.errors import Cancelled, InvalidInputError
     from napari_unet.core.models import load_model
@@ -65,13 +71,14 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
     options = {"held_out": "corrections", **options}  # Segment's labels are the model's word, but for the strokes
     seed = options.pop("seed", 0)
     current = load_model(model_path)
-    rounds = without_gain = trained_on = 0
+    rounds = without_gain = trained_on = steps_before = 0
     while not cancel():
         number, samples = snapshots.latest()
         if number != trained_on:
             without_gain, trained_on = 0, number
         try:
-            tuned = _run_round(current, samples, cancel, seed + rounds, options)
+            tuned, steps_before = yield from _run_round(current, samples, cancel, seed + rounds, options,
+                                                        steps_before)
         except Cancelled:
             return
         except InvalidInputError as exc:
@@ -93,16 +100,21 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
             snapshots.wait_newer(number, cancel)
 
 
-def _run_round(model: Any, samples: list, cancel: Callable[[], bool], seed: int, options: dict[str, Any]) -> Any:
-    """One round's fine-tuning to its end (its per-step progress stays in the child); Cancelled if stopped."""
+def _run_round(model: Any, samples: list, cancel: Callable[[], bool], seed: int, options: dict[str, Any],
+               steps_before: int) -> Generator[TrainProgress, None, tuple[Any, int]]:
+    """One round's fine-tuning to its end, yielding its steps numbered after ``steps_before``; returns the tuned
+    model and the number of the last step. Cancelled if stopped."""
     from napari_unet.core.training import finetune_steps
 
     steps = finetune_steps(model, samples, cancel=cancel, on_cancel="none", seed=seed, **options)
+    last = steps_before
     while True:
         try:
-            next(steps)
+            progress = next(steps)
         except StopIteration as stop:
-            return stop.value
+            return stop.value, last
+        last = steps_before + progress.step
+        yield replace(progress, step=last, message="")
 
 
 def _judge(tuned: Any, number: int, snapshot: int) -> tuple[LiveRound, bool]:

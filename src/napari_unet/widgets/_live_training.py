@@ -14,7 +14,8 @@ makes a version). This controller works on the main thread:
   Segment worker, then writes the new labels only where the layer still equals that prediction and outside
   the pair's reviewed regions (:func:`._predictions.write_unedited`): strokes and checked labels are never
   overwritten. One re-segmentation at a time; the newest version that arrived meanwhile is re-segmented next;
-* it shows the live state in one line: rounds done, the last held-out score, the version in use.
+* it shows the live state in one line (rounds done, the last held-out score, the version in use) and every
+  round's steps in the dock's loss plot, one step axis for the whole session.
 
 Stopping (the toggle, closing the dock, closing napari) cancels the worker's token: the child drops the round
 in progress and ends, and the versions it saved stay in the library.
@@ -29,6 +30,7 @@ from typing import Any
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from napari_unet.core.live_training import LiveRound
 from napari_unet.widgets._layers import spatial_scale, unwrap
 from napari_unet.widgets._models import model_kind
 from napari_unet.widgets._predictions import prediction_of, write_unedited
@@ -41,6 +43,9 @@ from napari_unet.widgets._workers import Outcome, report_failure, segment_in_wor
 TICK_MS = 5000  # how often new strokes are looked for and sent
 ROUND_S = 20.0  # the time budget of one round (the dock's Steps, when set, may end it sooner)
 SCORE_NAMES = {"val_f1": "held-out F1@0.5", "val_dice": "held-out Dice"}
+LIVE_HINT = ("Live: correct objects with napari's paint tools; new strokes are sent every few seconds. The plot "
+             "shows the loss of every round (a round starts again from the model in use).")
+IDLE_HINT = ("Press Live to go on training while you paint, or Fine-tune for one run on the pairs as they are.")
 
 
 @dataclass
@@ -104,6 +109,8 @@ class LiveTraining(QObject):
         run.worker = start_worker(lambda: live_in_child(model_path, samples, token, options, outbox),
                                   lambda event: self._on_event(run, event), dock, token, "Live fine-tuning")
         self.timer.start()
+        dock.plot.clear()
+        dock.status.setText(LIVE_HINT)
         self._show(f"Live: training the first round on {len(samples)} pair(s) from {model_path.name}...")
         return True
 
@@ -177,6 +184,9 @@ class LiveTraining(QObject):
         if isinstance(event, Outcome):
             self._finish(run, event)
             return
+        if not isinstance(event, LiveRound):  # a training step of the round in progress
+            self.dock.plot.add(event.step, loss=event.loss, val_loss=event.val_loss, val_dice=event.val_dice)
+            return
         run.rounds, run.waiting = event.number, event.waiting
         if event.error and event.error != run.error:
             show_warning(f"Live fine-tuning: {event.error}")
@@ -219,6 +229,7 @@ class LiveTraining(QObject):
             self.dock.rollback_button.setEnabled(True)
             self.dock.segment_again_button.setEnabled(True)
         self._show(message)
+        self.dock.status.setText(IDLE_HINT)
         self.stopped.emit("failed" if outcome.status == "failed" else "done")
 
     def _show(self, text: str) -> None:
