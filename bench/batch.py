@@ -132,7 +132,7 @@ def huge_image(client: object, model: object, folder: Path, args: argparse.Names
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="nuclei", help="bundled or library model name, or a model folder")
-    parser.add_argument("--images", type=int, default=16, help="images for the many-files run")
+    parser.add_argument("--images", type=int, default=16, help="images for the many-files run (0: skip it)")
     parser.add_argument("--size", type=int, default=1024, help="Y and X of those images")
     parser.add_argument("--big", type=int, default=4096, help="Y and X of the huge image (0: skip it)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (and in-process torch threads)")
@@ -152,7 +152,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="napari-unet-bench-") as tmp:
             client.run(lambda: __import__("torch") and None)  # start-up cost out of the timings
-            many_files(client, model, Path(tmp), args)
+            if args.images:
+                many_files(client, model, Path(tmp), args)
             if args.big:
                 huge_image(client, model, Path(tmp), args)
     finally:
