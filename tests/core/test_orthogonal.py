@@ -88,6 +88,19 @@ def test_seeds_need_all_three_passes_so_one_missed_boundary_does_not_merge_objec
     assert len(np.unique(labels[:, :, :4])) == len(np.unique(labels[:, :, 5:])) == 1
 
 
+def test_two_nuclei_whose_interiors_touch_through_a_thin_bridge_stay_two_objects():
+    z, y, x = np.indices((24, 24, 40))
+    balls = [(z - 12) ** 2 + (y - 12) ** 2 + (x - c) ** 2 <= 7 ** 2 for c in (10, 29)]
+    bridge = (np.abs(z - 12) <= 1) & (np.abs(y - 12) <= 1) & (x >= 10) & (x <= 29)  # 3 voxels thick
+    inside = balls[0] | balls[1] | bridge  # where all three passes missed the boundary between them
+    foreground = ndimage.binary_dilation(inside, iterations=2)
+    probabilities = np.stack([~foreground, inside, foreground & ~inside]).astype(np.float32)
+    labels = orthogonal.label_volume(probabilities, inside, foreground)
+    assert labels.max() == 2
+    assert labels[12, 12, 10] != labels[12, 12, 29] and labels[12, 12, 10] > 0 and labels[12, 12, 29] > 0
+    assert (labels > 0).sum() == foreground.sum()  # the bridge and the rims still belong to one of them
+
+
 @pytest.fixture(scope="module")
 def nuclei_stack():
     """A small generated stack of well separated nuclei, each spanning several planes, and its labels."""

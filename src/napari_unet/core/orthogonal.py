@@ -13,7 +13,8 @@ and belongs to an object only where all three call it foreground; the averaged m
 them. Seeds from the averaged map alone join touching nuclei through any voxel where one pass misses the
 boundary (in 3D, one gap in a boundary surface is enough): on held-out generated stacks of the bundled model
 (``bench/stack3d.py``, isotropic, one stack each) consensus raised 3D object F1@0.5 from 0.52 to 0.94 on
-separate nuclei and from 0.10 to 0.56 on crowded ones.
+separate nuclei and from 0.10 to 0.56 on crowded ones. Only the deep core of each interior piece seeds
+(:func:`seed_cores`), which keeps thin bridges between crowded interiors from joining them.
 
 The network was trained on planes with square pixels. A ZX plane of a stack whose Z step is coarser than its
 pixels shows every nucleus squashed by that ratio, so with ``scale=(z, y, x)`` the *image* is resampled in Z to
@@ -187,13 +188,30 @@ def agree(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarra
     foreground &= mask
 
 
+def seed_cores(interior: np.ndarray) -> np.ndarray:
+    """The deep part of each connected piece of ``interior``: its voxels at least half as far from the piece's
+    edge as its deepest voxel (chessboard distance).
+
+    Crowded nuclei touch over whole faces, and in 3D a boundary surface needs only one gap, in all three passes
+    at once, for two interiors to join: a bridge that is thin next to the nuclei it joins. The cores leave the
+    bridge out, so each nucleus seeds its own object; the watershed then shares the bridge between them. A lone
+    nucleus keeps one core (its deepest voxel always qualifies). Chosen on generated stacks other than those of
+    ``bench/stack3d.py``: 3D F1@0.5 of crowded stacks rose from 0.29-0.45 to 0.54-0.60, of sparse ones from
+    0.84-0.86 to 0.89-0.93; the Euclidean distance did as well at ten times the cost."""
+    depth = ndimage.distance_transform_cdt(interior, metric="chessboard")
+    pieces, count = ndimage.label(interior)
+    deepest = np.zeros(count + 1, dtype=depth.dtype)
+    np.maximum.at(deepest, pieces.ravel(), depth.ravel())
+    return interior & (2 * depth >= deepest[pieces])
+
+
 def label_volume(probabilities: np.ndarray, interior: np.ndarray, foreground: np.ndarray,
                  objects: ObjectFilter = ObjectFilter()) -> np.ndarray:
-    """Instance labels 1..N: the connected components of ``interior`` grown over ``foreground`` by a watershed
+    """Instance labels 1..N: the :func:`seed_cores` of ``interior`` grown over ``foreground`` by a watershed
     on the averaged interior probability (face connectivity), then filtered by size as plane-by-plane labels are."""
     from skimage.segmentation import watershed
 
-    seeds, _ = ndimage.label(interior)
+    seeds, _ = ndimage.label(seed_cores(interior))
     grown = watershed(1.0 - probabilities[1], seeds, mask=foreground, connectivity=1)
     del seeds
     sizes = np.bincount(grown.ravel())
