@@ -62,6 +62,10 @@ def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finet
 
     monkeypatch.setattr(training, "_train_step", not_here)
     child_training.use_live(monkeypatch, tmp_path)
+    shown = []
+    show = finetune_widget.progress_bar.set_progress
+    monkeypatch.setattr(finetune_widget.progress_bar, "set_progress",
+                        lambda done, total, text="": (shown.append(text), show(done, total, text)))
     finetune_widget.live_button.setChecked(True)
     assert finetune_widget.live.running and not finetune_widget.run_button.isEnabled()
     qtbot.waitUntil(lambda: len(_training_children()) == 1, timeout=10_000)
@@ -77,6 +81,7 @@ def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finet
     losses = finetune_widget.plot.series["loss"]  # the rounds' steps draw one rising loss curve
     assert len(losses) >= 2 and [x for x, _ in losses] == sorted({x for x, _ in losses})
     assert "Live" in finetune_widget.status.text() and "press Fine-tune" not in finetune_widget.status.text()
+    assert any(text.startswith("round 1: ") for text in shown)  # the bar followed the round as it ran
 
     with qtbot.waitSignal(finetune_widget.live.stopped, timeout=30_000) as blocker:
         finetune_widget.live_button.setChecked(False)

@@ -186,8 +186,11 @@ class LiveTraining(QObject):
             return
         if not isinstance(event, LiveRound):  # a training step of the round in progress
             self.dock.plot.add(event.step, loss=event.loss, val_loss=event.val_loss, val_dice=event.val_dice)
+            self.dock.progress_bar.set_progress(min(event.elapsed_s / ROUND_S, 1.0), 1.0,
+                                                f"round {run.rounds + 1}: {event.elapsed_s:.0f} s of {ROUND_S:.0f}")
             return
         run.rounds, run.waiting = event.number, event.waiting
+        self.dock.progress_bar.set_progress(0.0, 0.0, "")  # the round ended; the line below says what came of it
         if event.error and event.error != run.error:
             show_warning(f"Live fine-tuning: {event.error}")
         run.error = event.error
@@ -229,6 +232,7 @@ class LiveTraining(QObject):
             self.dock.rollback_button.setEnabled(True)
             self.dock.segment_again_button.setEnabled(True)
         self._show(message)
+        self.dock.progress_bar.set_progress(0.0, 0.0, "")
         self.dock.status.setText(IDLE_HINT)
         self.stopped.emit("failed" if outcome.status == "failed" else "done")
 
