@@ -1,4 +1,4 @@
-"""Train a 3D model, ``nuclei-3d``, on generated z-stacks, and write its card (not bundled yet: README, Z-stacks).
+"""Train the bundled 3D model, ``nuclei-3d``, on generated z-stacks, and write its card.
 
 Run from the repository root::
 
@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "tune_seed": 60_000,
 }
 
-FILTER_GRID = {"seed": [None, 0.5, 0.6, 0.7], "min_size": [8, 32, 64, 128]}
+FILTER_GRID = {"seed": [None, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9], "min_size": [8, 32, 64, 128]}
 
 ARCHITECTURE: dict[str, Any] = {
     "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "depth": 3, "base_features": 16,
@@ -253,10 +253,13 @@ def training_line(provenance: dict[str, Any], threads: int) -> str:
     runs = (initial.get("runs", []) if isinstance(initial, dict) else []) + [
         {key: provenance.get(key) for key in ("steps", "time_s", "stopped")}]
     parts = [f"{r['steps']} steps in {r['time_s'] / 60:.1f} min (stopped by {r['stopped']})" for r in runs]
-    rerun = "python scripts/train_3d_model.py" + "".join(
-        f"; python scripts/train_3d_model.py --init FOLDER --steps {r['steps']}" for r in runs[1:])
-    return (f"{' then '.join(parts)} on {threads} CPU thread(s), from a random initialisation; rerun with {rerun} "
-            "(each run capped by --minutes on a slow machine)")
+    settings = provenance.get("script_settings", {})
+    first = f"python scripts/train_3d_model.py --steps {settings.get('steps')} --minutes {settings.get('minutes'):g}"
+    rerun = first + "".join(f"; python scripts/train_3d_model.py --init FOLDER --steps {r['steps']}" for r in runs[1:])
+    stopped = (" A run stopped by time ends after as many steps as the machine made in it, so a rerun elsewhere "
+               "trains for a different number of steps." if any(r["stopped"] == "time" for r in runs) else "")
+    return (f"{' then '.join(parts)} on {threads} CPU thread(s), from a random initialisation; rerun with "
+            f"{rerun}.{stopped}")
 
 
 if __name__ == "__main__":
