@@ -29,7 +29,8 @@ Memory: the route holds each volume's image (resampled: twice, plain and blurred
 (the running sum and the current pass), the two consensus masks, a scratch label volume and the watershed's
 working arrays, about 60 bytes per (resampled) voxel. A stack whose volume needs more than a quarter of the
 machine's memory is segmented plane by plane instead, with a note in the result's messages (``stack="3d"``
-refuses it, suggesting ``stack="planes"`` or a crop); there is no out-of-core version of this route yet.
+refuses it, suggesting ``stack="planes"``, a crop, or a 3D model such as the bundled ``nuclei-3d``, which
+reads and labels a stack tile by tile); there is no out-of-core version of this route yet.
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class StackPlan:
     image_axes: str  # the axes of the caller's image
     notes: tuple[str, ...]  # what the caller should know (colour converted, Z resampled)
     factor: float  # Z step divided by the lateral pixel size (1.0: isotropic)
+
+
+LARGE_STACKS = ("for 3D objects in a stack of any size use a 3D model (for nuclei the bundled 'nuclei-3d'), which "
+                "reads and labels it tile by tile")
 
 
 def choose(image: Any, model: Any, axes: str | None, stack: str | None,
@@ -120,9 +125,9 @@ def choose(image: Any, model: Any, axes: str | None, stack: str | None,
                          config.network.out_channels)
     if problem and stack == "3d":
         raise InvalidInputError(f"{problem}; pass stack='planes' to segment it plane by plane (2D objects, one set "
-                                "per plane), or crop the stack")
+                                f"per plane), crop the stack, or {LARGE_STACKS}")
     if problem:
-        return None, f"{problem}, so it was segmented plane by plane (2D objects); crop it for 3D objects"
+        return None, f"{problem}, so it was segmented plane by plane (2D objects); crop it, or {LARGE_STACKS}"
     grey, grey_axes, grey_note = grey_for_model(checked, axes, dims, channels, stacklevel=7)
     letters = resolve_axes(grey_axes, grey.shape, spatial_dims=dims, in_channels=channels)
     notes = [grey_note] if grey_note else []
