@@ -101,6 +101,13 @@ def test_two_nuclei_whose_interiors_touch_through_a_thin_bridge_stay_two_objects
     assert (labels > 0).sum() == foreground.sum()  # the bridge and the rims still belong to one of them
 
 
+def test_a_volume_that_is_interior_throughout_is_one_object():
+    inside = np.ones((4, 8, 8), bool)  # no background anywhere: no voxel has a distance to an edge
+    probabilities = np.stack([~inside, inside, ~inside]).astype(np.float32)
+    labels = orthogonal.label_volume(probabilities, inside, inside.copy())
+    assert labels.max() == 1 and (labels == 1).all()
+
+
 @pytest.fixture(scope="module")
 def nuclei_stack():
     """A small generated stack of well separated nuclei, each spanning several planes, and its labels."""

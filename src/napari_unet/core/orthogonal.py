@@ -203,6 +203,8 @@ def seed_cores(interior: np.ndarray) -> np.ndarray:
     nucleus keeps one core (its deepest voxel always qualifies). Chosen on generated stacks other than those of
     ``bench/stack3d.py``: 3D F1@0.5 of crowded stacks rose from 0.29-0.45 to 0.54-0.60, of sparse ones from
     0.84-0.86 to 0.89-0.93; the Euclidean distance did as well at ten times the cost."""
+    if interior.all():  # no edge anywhere, so no distance to one (scipy gives -1): the volume is one core
+        return interior.copy()
     depth = ndimage.distance_transform_cdt(interior, metric="chessboard")
     pieces, count = ndimage.label(interior)
     deepest = np.zeros(count + 1, dtype=depth.dtype)
