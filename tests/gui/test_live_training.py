@@ -119,6 +119,13 @@ def test_a_better_version_resegments_the_view_only_where_the_user_did_not_edit(q
     monkeypatch.setattr(live_module, "segment_in_worker", segment_in_worker)
     child_training.use_live_versions(monkeypatch)
     written = {}
+    import threading
+
+    import napari_unet.widgets._predictions as predictions
+    planned_in = []
+    plan = predictions.unedited_objects
+    monkeypatch.setattr(predictions, "unedited_objects",
+                        lambda *args: (planned_in.append(threading.current_thread()), plan(*args))[1])
 
     def capture(name):
         written.setdefault("version", name)
@@ -129,6 +136,7 @@ def test_a_better_version_resegments_the_view_only_where_the_user_did_not_edit(q
     with qtbot.waitSignal(finetune_widget.live.resegmented, timeout=60_000):
         finetune_widget.live_button.setChecked(True)
     assert asked[0] == (truth.shape, library_dir() / written["version"]), "the view, with the new version"
+    assert planned_in and threading.main_thread() not in planned_in, "object by object, off the viewer's thread"
     assert segment_widget.model_picker.model_path.parent == library_dir(), "a new version is selected"
     labels = written["labels"]
     np.testing.assert_array_equal(labels[edited], kept[edited])  # the user's pixels are never overwritten
@@ -195,3 +203,22 @@ def test_labels_in_reviewed_regions_are_never_resegmented(qtbot, viewer, finetun
     labels = segmented.data
     np.testing.assert_array_equal(labels[reviewed], kept[reviewed])  # checked by the user: left as it is
     assert (labels[~reviewed] != kept[~reviewed]).any(), "outside, the objects the version did not find went"
+
+
+def test_a_stroke_made_while_the_view_is_resegmented_is_kept(qtbot, viewer, finetune_widget, segmented,
+                                                             monkeypatch):
+    import napari_unet.widgets._live_training as live_module
+
+    nuclei, _ = corrected_nuclei(segmented)
+    late = (slice(100, 112), slice(100, 112))
+
+    def segment_in_worker(crop, version, token, options):
+        segmented.data[late] = 99  # the user paints while the new version segments the view
+        return SimpleNamespace(labels=np.zeros(crop.shape, np.int32))  # the new version finds nothing
+        yield
+
+    monkeypatch.setattr(live_module, "segment_in_worker", segment_in_worker)
+    child_training.use_live_versions(monkeypatch)
+    with qtbot.waitSignal(finetune_widget.live.resegmented, timeout=60_000):
+        finetune_widget.live_button.setChecked(True)
+    assert (segmented.data[late] == 99).all(), "planned on the labels as they were, written on them as they are"

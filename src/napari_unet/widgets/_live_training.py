@@ -11,9 +11,11 @@ makes a version). This controller works on the main thread:
   outbox; the worker thread sends it to the child, so the images are pickled off the viewer's thread;
 * on a round that made a version, it selects the version (here and in Segment) and re-segments the region in
   view of each pair whose labels Segment made (they carry the kept prediction of :mod:`._predictions`) in a
-  Segment worker, then writes the new labels only where the layer still equals that prediction and outside
-  the pair's reviewed regions (:func:`._predictions.write_unedited`): strokes and checked labels are never
-  overwritten. One re-segmentation at a time; the newest version that arrived meanwhile is re-segmented next;
+  Segment worker, which also plans, object by object, where the new labels may go (only where the layer still
+  equals that prediction and outside the pair's reviewed regions, :func:`._predictions.plan_unedited`); the
+  main thread then writes them (:func:`._predictions.write_unedited`), planning again itself only if a stroke
+  came meanwhile: strokes and checked labels are never overwritten. One re-segmentation at a time; the
+  newest version that arrived meanwhile is re-segmented next;
 * it shows the live state in one line (rounds done, the last held-out score, the version in use) and every
   round's steps in the dock's loss plot, one step axis for the whole session.
 
@@ -27,13 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_unet.core.live_training import LiveRound
 from napari_unet.widgets._layers import spatial_scale, unwrap
 from napari_unet.widgets._models import model_kind
-from napari_unet.widgets._predictions import prediction_of, write_unedited
+from napari_unet.widgets._predictions import plan_unedited, prediction_of, write_unedited
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scope import plan_scope
@@ -256,19 +259,25 @@ class LiveTraining(QObject):
             return
         token = CancelToken()
 
+        instance = _task(version) == "instance"
+
         def steps() -> Any:
             results = []
-            for _, _, crop, options, _ in jobs:
-                results.append((yield from segment_in_worker(crop, version, token, options)))
+            for _, scope, crop, options, _, (current, kept, reviewed, shape, _) in jobs:
+                result = yield from segment_in_worker(crop, version, token, options)
+                index = scope.output_index  # which pixels may take the new labels: planned here, off the viewer
+                results.append((result, plan_unedited(current, kept, result.labels, instance, reviewed, index,
+                                                      shape)))
             return results
 
         self._segmenting = True
         start_worker(steps, lambda event: self._on_segmented(version, jobs, event), self.dock, token,
                      "Live re-segmentation")
 
-    def _jobs(self, version: Path) -> list[tuple[Any, Any, Any, dict[str, Any]]]:
-        """(labels layer, scope, image crop, segment options, reviewed mask or None) for each pair whose labels
-        carry a prediction."""
+    def _jobs(self, version: Path) -> list[tuple[Any, Any, Any, dict[str, Any], Any, tuple]]:
+        """(labels layer, scope, image crop, segment options, reviewed mask or None, snapshot) for each pair whose
+        labels carry a prediction; the snapshot (the region's labels now, its kept prediction, its reviewed mask,
+        the layer's shape, the whole kept prediction) is what the worker plans the writing on."""
         viewer, dims = self.dock.viewer, model_kind(version)[0]
         segment = segment_widget_for(viewer)
         diameter = (segment.diameter_spin.value() or None) if segment is not None else None
@@ -279,7 +288,8 @@ class LiveTraining(QObject):
             except ValueError:
                 continue
             image, labels = row.image.layer, row.labels.layer
-            if prediction_of(labels, tuple(n for n, a in zip(data.shape, axes) if a != "C")) is None:
+            kept = prediction_of(labels, tuple(n for n, a in zip(data.shape, axes) if a != "C"))
+            if kept is None:
                 continue  # labels not made by Segment: the user's edits cannot be told from the model's output
             position = [0.0] * (len(axes) - len(layer_axes)) + data_position(viewer, image, layer_axes)
             scope = plan_scope(data.shape, axes, "view", position, dims, view_bounds(viewer, image, layer_axes))
@@ -290,7 +300,10 @@ class LiveTraining(QObject):
                 reviewed = regions_mask(regions, labels) if regions is not None else None
             except ValueError:  # no area shape yet: nothing reviewed
                 reviewed = None
-            jobs.append((labels, scope, data[scope.image_index], options, reviewed))
+            index, shape = scope.output_index, tuple(labels.data.shape)
+            snapshot = (np.array(labels.data[index]), kept[index], None if reviewed is None else reviewed[index],
+                        shape, kept)
+            jobs.append((labels, scope, data[scope.image_index], options, reviewed, snapshot))
         return jobs
 
     def _on_segmented(self, version: Path, jobs: list, event: Any) -> None:
@@ -301,9 +314,13 @@ class LiveTraining(QObject):
             report_failure(event, "Live re-segmentation")
         elif event.status == "done":
             instance = _task(version) == "instance"
-            for (labels, scope, _, _, reviewed), result in zip(jobs, event.value):
-                if labels in self.dock.viewer.layers:
-                    write_unedited(labels, scope.output_index, result.labels, instance, reviewed)
+            for (labels, scope, _, _, reviewed, snapshot), (result, planned) in zip(jobs, event.value):
+                if labels not in self.dock.viewer.layers:
+                    continue
+                index = scope.output_index
+                unchanged = prediction_of(labels) is snapshot[-1] and np.array_equal(labels.data[index], snapshot[0])
+                # strokes made (or a new Segment run) while the worker ran: plan again here, on the labels as they are
+                write_unedited(labels, index, result.labels, instance, reviewed, planned if unchanged else None)
             self.resegmented.emit(version.name)
         pending, self._pending = self._pending, None
         if pending is not None:
