@@ -30,7 +30,7 @@ import torch
 from napari_unet.core.losses import foreground_dice, segmentation_loss
 from napari_unet.core.metrics import object_matching
 from napari_unet.core.postprocess import instance_labels
-from napari_unet.core.targets import Item
+from napari_unet.core.targets import Item, objects_touching
 from napari_unet.core.unet import UNetConfig, halo, min_input_size, nearest_valid_sizes, output_size
 
 MIN_PIXELS = {2: 1024, 3: 8192}  # fewer held-out pixels than this make a noisy, misleading score
@@ -202,7 +202,7 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
             matching = object_matching(objects, block.instances)
         else:
             pair = (objects, block.instances)
-            inside = [touching(o, scored) for o in pair]
+            inside = [np.where(objects_touching(o, scored), o, 0) for o in pair]
             matching = object_matching(*inside)
             changed = (changed or 0) + object_matching(*(np.where(i > 0, 0, o) for i, o in zip(inside, pair))).fn
         tp, fp, fn = tp + matching.tp, fp + matching.fp, fn + matching.fn
@@ -218,12 +218,6 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
         if changed is not None:
             metrics["val_net"] = float(tp - changed)
     return metrics
-
-
-def touching(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``labels`` with only the objects that have a pixel in ``mask``."""
-    inside = np.unique(labels[mask])
-    return np.where(np.isin(labels, inside[inside > 0]), labels, 0)
 
 
 def _forward(network: torch.nn.Module, blocks: list[Block], device: torch.device,

@@ -20,7 +20,8 @@ Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` r
 without a new version, after a round that could not be scored (too few annotations to hold a block out), and
 after a round whose annotations training refused (labels erased, say), the child waits for a newer snapshot
 instead of spending the cores on more of the same. Every round is reported to the parent as a
-:class:`LiveRound`, and its steps as they run (for the dock's loss plot). Cancelling ends the round in progress without saving it; versions saved stay.
+:class:`LiveRound`, and its steps as they run (for the dock's loss plot). Cancelling ends the round in
+progress without saving it; versions saved stay.
 """
 from __future__ import annotations
 

@@ -336,13 +336,17 @@ def _first_of_each(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
     return first
 
 
+def objects_touching(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """A mask of the objects of ``labels`` (whole) that have a pixel in ``where``."""
+    touched = np.unique(labels[where])
+    return np.isin(labels, touched[touched > 0])
+
+
 def vouched_pixels(labels: np.ndarray, corrected: np.ndarray) -> np.ndarray:
     """What a user vouched for in labels made by a model and then corrected: the changed pixels and every
     object of ``labels`` that holds one of them (the objects as the user left them, whole). The rest is the
     model's output, which the user may not have looked at: it says nothing about a model's quality."""
-    touched = np.unique(labels[corrected])
-    touched = touched[touched > 0]
-    return corrected | (np.isin(labels, touched) if touched.size else False)
+    return corrected | objects_touching(labels, corrected)
 
 
 def grow_corrections(corrected: np.ndarray, annotated: np.ndarray, margin: int = CORRECTION_MARGIN) -> np.ndarray:

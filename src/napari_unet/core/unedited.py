@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.core.targets import objects_touching
+
 MAX_COVERED = 0.25  # a new object with more of its area on pixels that stay is not written
 
 
@@ -46,18 +48,13 @@ def unedited_objects(current: np.ndarray, new: np.ndarray, unedited: np.ndarray,
     through overlapping objects, a few rounds).
     """
     sizes = np.bincount(new.ravel())
-    cut = _ids(new, edges)
-    kept = ~unedited | np.isin(current, _ids(current, edges))
+    cut = np.unique(new[edges])
+    kept = ~unedited | objects_touching(current, edges)
     while True:
         covered = np.bincount(new[kept].ravel(), minlength=sizes.size)
         skipped = np.union1d(cut, np.flatnonzero(covered > MAX_COVERED * sizes))
         skipped_pixels = np.isin(new, skipped[skipped > 0])
-        grown = kept | np.isin(current, _ids(current, skipped_pixels))
+        grown = kept | objects_touching(current, skipped_pixels)
         if np.array_equal(grown, kept):
             return ~kept & ~skipped_pixels
         kept = grown
-
-
-def _ids(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
-    found = np.unique(labels[where])
-    return found[found > 0]

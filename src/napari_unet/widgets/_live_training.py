@@ -65,6 +65,30 @@ class _LiveRun:
     versions: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class _Job:
+    """One pair's part of a re-segmentation with a new version: the region in view, and the labels there as they
+    were when it started, on which the worker plans where the new labels may go."""
+
+    labels: Any  # the pair's Labels layer
+    index: tuple[Any, ...]  # the region in view, in the layer
+    crop: Any  # the image in view, for the network
+    options: dict[str, Any]  # segment's
+    reviewed: np.ndarray | None  # the pair's reviewed mask over the layer
+    before: np.ndarray  # a copy of the layer's labels in the region
+    kept: np.ndarray  # the layer's kept prediction (whole)
+
+    def plan(self, new: np.ndarray, instance: bool) -> np.ndarray:
+        """Where ``new`` may go, as :func:`write_unedited` decides it on the labels as they were (any thread)."""
+        reviewed = None if self.reviewed is None else self.reviewed[self.index]
+        return plan_unedited(self.before, self.kept[self.index], new, instance, reviewed, self.index,
+                             self.kept.shape)
+
+    def unchanged(self) -> bool:
+        """Whether the layer's region and kept prediction are still those the plan was made on (main thread)."""
+        return prediction_of(self.labels) is self.kept and np.array_equal(self.labels.data[self.index], self.before)
+
+
 class LiveTraining(QObject):
     """The live loop of a Fine-tune dock (``dock``): start, stop, the tick, and what a new version does."""
 
@@ -258,26 +282,21 @@ class LiveTraining(QObject):
         if not jobs:
             return
         token = CancelToken()
-
         instance = _task(version) == "instance"
 
         def steps() -> Any:
             results = []
-            for _, scope, crop, options, _, (current, kept, reviewed, shape, _) in jobs:
-                result = yield from segment_in_worker(crop, version, token, options)
-                index = scope.output_index  # which pixels may take the new labels: planned here, off the viewer
-                results.append((result, plan_unedited(current, kept, result.labels, instance, reviewed, index,
-                                                      shape)))
+            for job in jobs:
+                result = yield from segment_in_worker(job.crop, version, token, job.options)
+                results.append((result, job.plan(result.labels, instance)))  # off the viewer's thread
             return results
 
         self._segmenting = True
-        start_worker(steps, lambda event: self._on_segmented(version, jobs, event), self.dock, token,
+        start_worker(steps, lambda event: self._on_segmented(version, instance, jobs, event), self.dock, token,
                      "Live re-segmentation")
 
-    def _jobs(self, version: Path) -> list[tuple[Any, Any, Any, dict[str, Any], Any, tuple]]:
-        """(labels layer, scope, image crop, segment options, reviewed mask or None, snapshot) for each pair whose
-        labels carry a prediction; the snapshot (the region's labels now, its kept prediction, its reviewed mask,
-        the layer's shape, the whole kept prediction) is what the worker plans the writing on."""
+    def _jobs(self, version: Path) -> list[_Job]:
+        """What to re-segment for each pair whose labels carry a prediction: the region in view."""
         viewer, dims = self.dock.viewer, model_kind(version)[0]
         segment = segment_widget_for(viewer)
         diameter = (segment.diameter_spin.value() or None) if segment is not None else None
@@ -300,27 +319,24 @@ class LiveTraining(QObject):
                 reviewed = regions_mask(regions, labels) if regions is not None else None
             except ValueError:  # no area shape yet: nothing reviewed
                 reviewed = None
-            index, shape = scope.output_index, tuple(labels.data.shape)
-            snapshot = (np.array(labels.data[index]), kept[index], None if reviewed is None else reviewed[index],
-                        shape, kept)
-            jobs.append((labels, scope, data[scope.image_index], options, reviewed, snapshot))
+            index = scope.output_index
+            jobs.append(_Job(labels, index, data[scope.image_index], options, reviewed, np.array(labels.data[index]),
+                             kept))
         return jobs
 
-    def _on_segmented(self, version: Path, jobs: list, event: Any) -> None:
+    def _on_segmented(self, version: Path, instance: bool, jobs: list[_Job], event: Any) -> None:
         if not isinstance(event, Outcome):
             return  # tile progress: the labels are written at the end, where they may still be edited
         self._segmenting = False
         if event.status == "failed":
             report_failure(event, "Live re-segmentation")
         elif event.status == "done":
-            instance = _task(version) == "instance"
-            for (labels, scope, _, _, reviewed, snapshot), (result, planned) in zip(jobs, event.value):
-                if labels not in self.dock.viewer.layers:
+            for job, (result, planned) in zip(jobs, event.value):
+                if job.labels not in self.dock.viewer.layers:
                     continue
-                index = scope.output_index
-                unchanged = prediction_of(labels) is snapshot[-1] and np.array_equal(labels.data[index], snapshot[0])
-                # strokes made (or a new Segment run) while the worker ran: plan again here, on the labels as they are
-                write_unedited(labels, index, result.labels, instance, reviewed, planned if unchanged else None)
+                # strokes made (or a new Segment run) while the worker ran: planned again here, on the labels now
+                write_unedited(job.labels, job.index, result.labels, instance, job.reviewed,
+                               planned if job.unchanged() else None)
             self.resegmented.emit(version.name)
         pending, self._pending = self._pending, None
         if pending is not None:
