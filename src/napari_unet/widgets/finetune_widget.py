@@ -29,53 +29,24 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
 from napari_unet.widgets._autosave import autosaver_for
-from napari_unet.widgets._channels import ChannelPickers, stack_channels
-from napari_unet.widgets._layers import LayerPicker, full_resolution, infer_axes, output_record
+from napari_unet.widgets._channels import stack_channels
+from napari_unet.widgets._layers import full_resolution, infer_axes, output_record
 from napari_unet.widgets._live_training import LiveTraining
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
+from napari_unet.widgets._pair_row import PairRow
 from napari_unet.widgets._predictions import corrections_message, prediction_of, weighing_note
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scroll import scrollable_layout
 from napari_unet.widgets._workers import Outcome, finetune_in_child, report_failure, set_up_once, start_worker
-
-
-class PairRow(QWidget):
-    """One training pair: an image (with, for a multi-channel model, the layers of its other channels), its
-    corrected labels, and optionally the reviewed regions."""
-
-    def __init__(self, viewer: Any, on_remove: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.image = LayerPicker(viewer, (Image,))
-        self.labels = LayerPicker(viewer, (Labels,))
-        self.regions = LayerPicker(viewer, (Shapes,), none_text="none")
-        self.image.setToolTip("The image that was segmented.")
-        self.labels.setToolTip("Its corrected labels (0 = background).")
-        self.regions.setToolTip("A Shapes layer whose rectangles mark the regions you reviewed; only they "
-                                "are trained on. 'none' trains on all of the labels layer.")
-        remove = QToolButton()
-        remove.setText("✕")
-        remove.setToolTip("Remove this pair")
-        remove.clicked.connect(lambda: on_remove(self))
-        layers = QHBoxLayout()
-        for widget in (self.image, self.labels, self.regions):
-            layers.addWidget(widget, 1)
-        layers.addWidget(remove)
-        channel_form = QFormLayout()  # the image's other channels, below it, as wide as the row
-        self.channels = ChannelPickers(viewer, channel_form, 0, self)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(layers)
-        layout.addLayout(channel_form)
 
 
 class FinetuneWidget(QWidget):
