@@ -9,7 +9,8 @@ Fine-tune measures the user's corrections.
 
 A result too large for memory (labels over :func:`napari_unet.core.memory.in_memory_limit`) goes to disk: the
 core writes it straight into a zarr array (:mod:`._scratch`) that a lazy Labels layer shows, and the main thread
-only redraws what is on screen; probabilities likewise go to zarr arrays of the part segmented.
+only redraws what is on screen; probabilities likewise go to zarr arrays of the part segmented. Which layers a
+run fills, and how a stopped one is marked, is :mod:`._segment_layers`.
 """
 from __future__ import annotations
 
@@ -38,18 +39,7 @@ from superqt import QCollapsible
 
 from napari_unet.widgets._autosave import autosaver_for
 from napari_unet.widgets._channels import ChannelPickers, stack_channels
-from napari_unet.widgets._layers import (
-    OUTPUT_DTYPE,
-    LayerPicker,
-    fit_labels_dtype,
-    full_resolution,
-    geometry_kwargs,
-    infer_axes,
-    mark_output,
-    output_record,
-    reusable_output,
-    spatial_scale,
-)
+from napari_unet.widgets._layers import LayerPicker, fit_labels_dtype, full_resolution, infer_axes, spatial_scale
 from napari_unet.widgets import _scratch
 from napari_unet.widgets._live import LiveLabels
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
@@ -58,6 +48,13 @@ from napari_unet.widgets._predictions import forget_prediction, keep_prediction
 from napari_unet.widgets._progress import ProgressLine, RunProgress, format_seconds
 from napari_unet.widgets._registry import register_segment_widget
 from napari_unet.widgets._scope import SCOPE_TITLES, Scope, plan_scope, scope_titles
+from napari_unet.widgets._segment_layers import (
+    keep_partial,
+    model_classes,
+    output_layer,
+    show_probabilities,
+    too_large,
+)
 from napari_unet.widgets._scroll import scrollable_layout
 from napari_unet.widgets._view import data_position, view_bounds
 from napari_unet.widgets._workers import Outcome, report_failure, segment_in_worker, set_up_once, start_worker
@@ -306,8 +303,8 @@ class SegmentWidget(QWidget):
         scope = plan_scope(data.shape, axes, self.scope_picker.currentData(), position, dims,
                            self._view_bounds(layer, layer_axes))
         crop = data[scope.image_index]
-        lazy = _too_large(data.shape, axes, scope, model_path, self.probabilities_check.isChecked())
-        output, created = self._output_layer(layer, axes, data.shape, scope, model_path.name, lazy)
+        lazy = too_large(data.shape, axes, scope, model_path, self.probabilities_check.isChecked())
+        output, created = output_layer(self.viewer, layer, axes, data.shape, scope, model_path.name, lazy)
         forget_prediction(output)  # its labels change now; a successful run keeps the new ones (see _finish)
         self.doubts.forget()
         doubts = self.doubts.wanted and not lazy  # a run too large for memory has no probabilities in memory
@@ -356,7 +353,7 @@ class SegmentWidget(QWidget):
         labels = _scratch.CropView(run.output.data, run.scope.output_index, run.scope.fixed)
         options = {**options, "out": labels, "keep_partial": True}  # a stopped run keeps its tiles, as in memory
         if run.probabilities:
-            classes = _model_classes(model_path)
+            classes = model_classes(model_path)
             options["probabilities"] = _scratch.create((classes, *labels.shape), np.float32)
         run.scratch = [f for f in (_scratch.folder_of(run.output.data),
                                    _scratch.folder_of(options["probabilities"])) if f]
@@ -372,25 +369,6 @@ class SegmentWidget(QWidget):
             return (yield from segment_in_worker(crop, model_path, token, options))
 
         return steps
-
-    def _output_layer(self, source: Any, axes: str, shape: tuple[int, ...], scope: Scope,
-                      model_name: str, lazy: bool = False) -> tuple[Any, bool]:
-        """The plugin's unedited previous output for this image, or a new Labels layer (zarr-backed if ``lazy``:
-        its part for this run is then cleared by the worker, not here)."""
-        out_shape = tuple(n for n, a in zip(shape, axes) if a != "C")
-        layer = reusable_output(self.viewer.layers, source.name, out_shape, lazy)
-        if layer is not None:
-            if not lazy:
-                layer.data[scope.output_index] = 0
-            layer.metadata["napari_unet"].update(model=model_name, partial=False)
-            layer.name = f"{source.name} labels"
-            layer.refresh()
-            return layer, False
-        data = _scratch.create(out_shape, np.int32) if lazy else np.zeros(out_shape, dtype=OUTPUT_DTYPE)
-        layer = self.viewer.add_labels(data, name=f"{source.name} labels", **geometry_kwargs(source, axes))
-        _scratch.attach(self.viewer.layers, layer, data)
-        mark_output(layer, source.name, model_name)
-        return layer, True
 
     # ----------------------------------------------------------------------------------------------------------
     # Events from the worker (main thread)
@@ -446,7 +424,7 @@ class SegmentWidget(QWidget):
                     self.doubts.show_result(reviewed, run.source, run.output, run.scope)
             run.output.metadata["napari_unet"]["partial"] = False
             if run.probabilities and getattr(result, "probabilities", None) is not None:
-                (self._show_lazy_probabilities if run.lazy else self._show_probabilities)(run, result)
+                show_probabilities(self.viewer, run.source, run.output, run.scope, result, run.lazy)
             seconds = time.perf_counter() - run.started
             count = getattr(result, "objects", None)
             found = f": {count} object{'s' if count != 1 else ''}" if count is not None else ""
@@ -462,57 +440,8 @@ class SegmentWidget(QWidget):
             message = f"Segmentation stopped: {run.stop_reason or 'cancelled'}."
             (show_info if run.stop_reason in ("", "cancelled") else show_warning)(message)
         if output_alive:
-            self._keep_partial(run)
+            keep_partial(self.viewer, run.output, run.created, run.written)
         self._end(run, outcome.status if outcome.status == "failed" else "cancelled", message)
-
-    def _keep_partial(self, run: _Run) -> None:
-        """After a stop: keep what was computed, clearly marked partial, or remove an empty new layer."""
-        if run.created and not run.written:
-            self.viewer.layers.remove(run.output)
-            return
-        record = output_record(run.output)
-        if record is not None:
-            record["partial"] = True
-        if not run.output.name.endswith("(partial)"):
-            run.output.name = f"{run.output.name} (partial)"
-        run.output.refresh()
-
-    def _show_probabilities(self, run: _Run, result: Any) -> None:
-        """One image layer per foreground class under the labels, replacing this image's previous ones."""
-        probabilities = np.asarray(result.probabilities)
-        classes = list(result.classes)
-        kwargs = geometry_kwargs(run.output)
-        for index in range(1, probabilities.shape[0]):
-            name = f"{run.source.name} P({classes[index] if index < len(classes) else index})"
-            full = np.zeros(run.output.data.shape, np.float32)
-            full[run.scope.output_index] = probabilities[index].reshape(full[run.scope.output_index].shape)
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            layer = self.viewer.add_image(full, name=name, colormap="magma", contrast_limits=(0, 1),
-                                          blending="additive", **kwargs)
-            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(run.output))
-
-    def _show_lazy_probabilities(self, run: _Run, result: Any) -> None:
-        """As :meth:`_show_probabilities`, for a run too large for memory: each layer shows its class of the zarr
-        array the core wrote, lazily, and covers only the part segmented (a slice or region: that part)."""
-        import dask.array as da
-
-        probabilities = result.probabilities
-        kwargs = geometry_kwargs(run.output)
-        part = run.scope.output_index
-        kwargs["translate"] = tuple(t + s.start * scale for t, s, scale in
-                                    zip(kwargs["translate"], part, kwargs["scale"]))
-        shape = tuple(s.stop - s.start for s in part)
-        lazy = da.from_zarr(probabilities)
-        classes = list(result.classes)
-        for index in range(1, probabilities.shape[0]):
-            name = f"{run.source.name} P({classes[index] if index < len(classes) else index})"
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            layer = self.viewer.add_image(lazy[index].reshape(shape), name=name, colormap="magma",
-                                          contrast_limits=(0, 1), blending="additive", **kwargs)
-            _scratch.attach(self.viewer.layers, layer, probabilities)
-            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(run.output))
 
     def _end(self, run: _Run, status: str, message: str) -> None:
         for folder in run.scratch:
@@ -529,26 +458,3 @@ class SegmentWidget(QWidget):
         run.progress.close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
 
-
-def _too_large(shape: tuple[int, ...], axes: str, scope: Scope, model_path: Path, probabilities: bool) -> bool:
-    """Whether a run's labels (int32, the whole image's, as the output layer holds them) or probabilities
-    (float32, the part segmented) would exceed the in-memory limit, so that they must go to zarr arrays."""
-    from napari_unet.core.memory import in_memory_limit
-
-    limit = in_memory_limit()
-    labels = int(np.prod([n for n, a in zip(shape, axes) if a != "C"], dtype=np.int64)) * 4
-    if labels > limit:
-        return True
-    part = int(np.prod([s.stop - s.start for s, fixed in zip(scope.output_index, scope.fixed) if not fixed],
-                       dtype=np.int64))
-    return probabilities and _model_classes(model_path) * part * 4 > limit
-
-
-def _model_classes(folder: Path) -> int:
-    """The number of classes a model predicts, from its config (no torch); 3 where it does not say."""
-    from napari_unet.core.library import read_config_json
-
-    try:
-        return int((read_config_json(folder / "config.json").get("network") or {}).get("out_channels", 3))
-    except (ValueError, TypeError):
-        return 3
