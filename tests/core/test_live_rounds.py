@@ -44,10 +44,13 @@ def first_round(samples: list) -> LiveRound:
     return next(event for event in live_events(samples) if isinstance(event, LiveRound))
 
 
-def test_segment_labels_without_a_correction_give_no_score_and_no_version():
+def test_segment_labels_without_a_correction_give_no_score_and_no_version_and_train_no_step():
     image, labels = generate_nuclei((128, 128), "dense", seed=0)
-    found = first_round([Sample(image, labels, prediction=labels.copy())])
+    events = live_events([Sample(image, labels, prediction=labels.copy())])
+    found = next(event for event in events if isinstance(event, LiveRound))
     assert found.score_name is None and found.version is None and found.waiting
+    trained = [event for event in events if isinstance(event, TrainProgress) and event.loss is not None]
+    assert trained == [], "a round that cannot make a version leaves the cores to the viewer"
 
 
 def test_labels_the_user_painted_themselves_are_all_held_out_evidence():
@@ -82,9 +85,13 @@ def test_a_round_beats_the_current_model_only_by_scoring_higher(before, after, i
     assert beats(before, after, improved) is expected
 
 
-def test_the_steps_of_every_round_are_reported_on_one_rising_step_axis():
+def test_the_steps_of_every_round_are_reported_on_one_rising_step_axis(monkeypatch):
+    import napari_unet.core.live_training as live_training
+
+    monkeypatch.setattr(live_training, "ROUNDS_WITHOUT_GAIN", 1)  # a round without a version waits for strokes
+    monkeypatch.setattr(live_training, "beats", lambda *args: False)
     image, labels = generate_nuclei((128, 128), "dense", seed=0)
-    events = live_events([Sample(image, labels, prediction=labels.copy())], waits=2)  # no score: each round waits
+    events = live_events([Sample(image, labels)], waits=2)
     rounds = [i for i, event in enumerate(events) if isinstance(event, LiveRound)]
     assert len(rounds) == 2
     steps = [event.step for event in events if isinstance(event, TrainProgress) and event.loss is not None]
