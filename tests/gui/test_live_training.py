@@ -41,7 +41,8 @@ def segmented(qtbot, viewer, segment_widget, finetune_widget, run_segment):
 def corrected_nuclei(layer) -> tuple[np.ndarray, np.ndarray]:
     """The tiny model labels everything as one object: make the layer's labels (and their kept prediction) the
     true nuclei of the image, as if Segment had found them, then edit them as a user does: a new object painted
-    in and part of an object erased. Returns the nuclei and the labels before the edits."""
+    in and most of an object erased (a new outline, so Live may write new outlines of the others). Returns the
+    nuclei and the labels before the edits."""
     from napari_unet.widgets._predictions import keep_prediction
 
     nuclei = generate_nuclei((160, 160), seed=1)[1]
@@ -49,12 +50,13 @@ def corrected_nuclei(layer) -> tuple[np.ndarray, np.ndarray]:
     assert keep_prediction(layer)
     before = layer.data.copy()
     layer.paint((80, 80), 77)
-    layer.data[20:30, 20:30] = 0
+    rows, cols = np.nonzero(nuclei == 5)
+    layer.data[rows.min():rows.max() + 1, cols.min():cols.min() + (cols.max() - cols.min()) * 3 // 4] = 0
     return nuclei, before
 
 
-def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finetune_widget, segmented, tmp_path,
-                                                                    monkeypatch):
+def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, viewer, finetune_widget, segmented,
+                                                                    tmp_path, monkeypatch):
     from napari_unet.core import training
 
     def not_here(*args):
@@ -66,6 +68,9 @@ def test_live_trains_in_a_child_and_sends_a_stroke_at_the_next_tick(qtbot, finet
     show = finetune_widget.progress_bar.set_progress
     monkeypatch.setattr(finetune_widget.progress_bar, "set_progress",
                         lambda done, total, text="": (shown.append(text), show(done, total, text)))
+    # the whole image reviewed: every round has a held-out score, so it trains (unscored rounds stop at once)
+    viewer.add_shapes([[[0, 0], [0, 159], [159, 159], [159, 0]]], shape_type="rectangle", name="reviewed")
+    finetune_widget.rows[0].regions.set_layer(viewer.layers["reviewed"])
     finetune_widget.live_button.setChecked(True)
     assert finetune_widget.live.running and not finetune_widget.run_button.isEnabled()
     qtbot.waitUntil(lambda: len(_training_children()) == 1, timeout=10_000)
@@ -185,14 +190,17 @@ def test_closing_the_dock_stops_the_child_and_keeps_the_versions(qtbot, viewer, 
 def test_labels_in_reviewed_regions_are_never_resegmented(qtbot, viewer, finetune_widget, segmented, monkeypatch):
     import napari_unet.widgets._live_training as live_module
 
-    _, before = corrected_nuclei(segmented)
+    from scipy import ndimage
+
+    nuclei, before = corrected_nuclei(segmented)
     viewer.add_shapes([[[0, 0], [0, 100], [100, 100], [100, 0]]], shape_type="rectangle", name="reviewed")
     finetune_widget.rows[0].regions.set_layer(viewer.layers["reviewed"])
     reviewed = np.zeros(before.shape, bool)
     reviewed[:101, :101] = True
 
-    def segment_in_worker(crop, version, token, options):  # the new version finds nothing at all
-        return SimpleNamespace(labels=np.zeros(crop.shape, np.int32))
+    def segment_in_worker(crop, version, token, options):  # the new version outlines every nucleus a pixel wider
+        assert crop.shape == nuclei.shape, "the whole image is in view"
+        return SimpleNamespace(labels=ndimage.grey_dilation(nuclei, size=3))
         yield
 
     monkeypatch.setattr(live_module, "segment_in_worker", segment_in_worker)
@@ -202,7 +210,7 @@ def test_labels_in_reviewed_regions_are_never_resegmented(qtbot, viewer, finetun
         finetune_widget.live_button.setChecked(True)
     labels = segmented.data
     np.testing.assert_array_equal(labels[reviewed], kept[reviewed])  # checked by the user: left as it is
-    assert (labels[~reviewed] != kept[~reviewed]).any(), "outside, the objects the version did not find went"
+    assert (labels[~reviewed] != kept[~reviewed]).any(), "outside, the objects were outlined anew"
 
 
 def test_a_stroke_made_while_the_view_is_resegmented_is_kept(qtbot, viewer, finetune_widget, segmented,

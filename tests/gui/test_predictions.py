@@ -7,7 +7,7 @@ import pytest
 import napari_unet.core.inference as inference
 from napari_unet.core.library import library_dir, read_config_json
 from napari_unet.core.memory import LIMIT_ENV
-from napari_unet.widgets._predictions import prediction_of
+from napari_unet.widgets._predictions import plan_unedited, prediction_of
 
 
 @pytest.fixture
@@ -159,3 +159,29 @@ def test_finetune_on_labels_the_user_made_has_no_corrections(qtbot, viewer, fine
     history = _train(qtbot, finetune_widget)
     assert "weigh" not in history["started"] and "corrected" not in finetune_widget.status.text()
     assert history["corrected_pixels"] == 0
+
+
+def test_live_writes_a_new_versions_split_like_the_users_and_keeps_its_other_changes_out():
+    """Live writes only the kinds of change the user made (core.change_kinds)."""
+    shape = (40, 80)
+    kept = np.zeros(shape, np.int32)  # Segment's output
+    kept[2:8, 2:14] = 1  # a merged pair: the user splits it
+    kept[20:26, 2:14] = 2  # another merged pair, unedited
+    kept[20:25, 30:35] = 3  # a nucleus, unedited
+    kept[20:25, 50:55] = 4  # and another
+    current = kept.copy()
+    current[2:8, 8:14] = 9
+    new = np.zeros(shape, np.int32)  # the new version's labels
+    new[2:8, 2:8], new[2:8, 8:14] = 1, 2
+    new[20:26, 2:8], new[20:26, 8:14] = 3, 4  # splits the other pair as the user did: written
+    new[20:25, 50:55] = 5  # nucleus 3 gone: a removal, which the user never made
+    new[30:36, 60:66] = 6  # a new object on background, which the user never drew
+    kept[30:35, 20:25] = current[30:35, 20:25] = 7  # a nucleus the new version outlines a little wider
+    new[30:35, 20:26] = 7
+    whole = (slice(0, 40), slice(0, 80))
+    written = plan_unedited(current, kept, new, True, None, whole, shape)
+    assert written[20:26, 2:14].all(), "the split of the look-alike pair is written"
+    assert not written[20:25, 30:35].any(), "nucleus 3 stays: the user removed nothing"
+    assert not written[30:36, 60:66].any(), "no object is added: the user added none"
+    assert not written[2:8, 8:14].any(), "the user's stroke stays"
+    assert not written[30:35, 20:26].any(), "no new outline of an object: the user reshaped none"

@@ -5,12 +5,14 @@ still the older model's output. Written pixel by pixel, that leaves pieces: a ne
 the one the user painted leaves a thin rim around the user's object, and an object cut by the edge of the
 region in view keeps its old part outside and gets a new one inside. Each piece is an object that matches
 nothing. :func:`unedited_objects` decides object by object instead: a new object is written whole (less what
-it grazes of the user's objects) or not at all, and an old object is replaced whole or kept whole.
+it grazes of the user's objects) or not at all, and an old object is replaced whole or kept whole. Given the
+kinds of change the user made (:mod:`napari_unet.core.change_kinds`), only changes of those kinds are written.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.core.change_kinds import object_changes
 from napari_unet.core.targets import objects_touching
 
 MAX_COVERED = 0.25  # a new object with more of its area on pixels that stay is not written
@@ -36,7 +38,8 @@ def region_edges(index: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray
     return edges
 
 
-def unedited_objects(current: np.ndarray, new: np.ndarray, unedited: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def unedited_objects(current: np.ndarray, new: np.ndarray, unedited: np.ndarray, edges: np.ndarray,
+                     allowed: set[str] | None = None) -> np.ndarray:
     """Where ``new`` instance labels may be written over ``current`` (same shape): a mask.
 
     Kept as they are: every pixel the user edited (not ``unedited``) and every old object that reaches an
@@ -45,14 +48,24 @@ def unedited_objects(current: np.ndarray, new: np.ndarray, unedited: np.ndarray,
     object the user drew: written, it would leave a rim or a copy); a new object that only grazes kept pixels
     is written without them. The old objects under a new object that is not written are kept in its place, so
     that nothing disappears without its replacement; that is repeated until nothing changes (it spreads only
-    through overlapping objects, a few rounds).
+    through overlapping objects, a few rounds). ``allowed``: the kinds of change that may be written (None: all);
+    a new object whose change is of another kind is not written, and an old object whose removal is not allowed
+    is kept. A new outline of the same object (IoU > 0.5) counts as ``reshaped``: on small objects it decides
+    whether they still match, and where the user reshaped nothing it is unverified.
     """
     sizes = np.bincount(new.ravel())
-    cut = np.unique(new[edges])
+    refused = np.unique(new[edges])  # new objects not written, whatever lies under them
     kept = ~unedited | objects_touching(current, edges)
+    if allowed is not None:
+        changes = object_changes(current, new)
+        outlines = {"same"} if "reshaped" in allowed else set()  # a new outline of an object is a reshaping too
+        unwanted = ~np.isin(changes.after_kinds, sorted(allowed | outlines | {""}))
+        refused = np.union1d(refused, np.flatnonzero(unwanted))
+        if "removed" not in allowed:
+            kept |= changes.removed[current]
     while True:
         covered = np.bincount(new[kept].ravel(), minlength=sizes.size)
-        skipped = np.union1d(cut, np.flatnonzero(covered > MAX_COVERED * sizes))
+        skipped = np.union1d(refused, np.flatnonzero(covered > MAX_COVERED * sizes))
         skipped_pixels = np.isin(new, skipped[skipped > 0])
         grown = kept | objects_touching(current, skipped_pixels)
         if np.array_equal(grown, kept):

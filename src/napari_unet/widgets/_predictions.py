@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.change_kinds import corrected_kinds
 from napari_unet.core.unedited import region_edges, unedited_objects
 from napari_unet.widgets._layers import unwrap
 
@@ -74,12 +75,16 @@ def plan_unedited(current: np.ndarray, kept: np.ndarray, new: np.ndarray, instan
                   reviewed: np.ndarray | None, index: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Where a newer model's ``new`` labels may go in the region ``index`` of a layer of ``shape`` whose labels
     there are ``current`` and whose kept prediction there is ``kept`` (``reviewed``: the region's reviewed mask
-    or None): a mask, as :func:`write_unedited` decides it. Pure, so Live mode runs it in a worker on copies
-    (object by object it takes a noticeable part of a second on a large view)."""
+    or None): a mask, as :func:`write_unedited` decides it. Instance labels change only in the kinds of change the
+    user made to the prediction in the region (objects split, removed, added, merged, reshaped:
+    :mod:`napari_unet.core.change_kinds`), any kind where they changed nothing there. Pure, so Live mode runs it
+    in a worker on copies (object by object it takes a noticeable part of a second on a large view)."""
     unedited = (current == kept) & (True if reviewed is None else ~reviewed)
     if not instance:
         return unedited
-    return unedited_objects(current, np.asarray(new).reshape(unedited.shape), unedited, region_edges(index, shape))
+    allowed = corrected_kinds(kept, current) or None
+    return unedited_objects(current, np.asarray(new).reshape(unedited.shape), unedited, region_edges(index, shape),
+                            allowed)
 
 
 def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, instance: bool,
