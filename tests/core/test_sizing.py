@@ -76,12 +76,54 @@ def test_a_diameter_near_the_trained_one_changes_nothing():
     assert fake.calls[0][0] == (240, 240)
 
 
-def test_no_diameter_segments_once_at_the_image_scale_and_reports_the_object_size():
+def test_no_diameter_segments_again_at_the_models_size_when_objects_are_much_larger():
     image = np.zeros((240, 240), np.float32)
     far = FakeRun(radius=30)  # objects of 60 px for a 20 px model
-    result = run_to_end(sizing.segment_at_size(far, image, tiny_model(20), None, None, {"probabilities": True}))
-    assert [call[0] for call in far.calls] == [(240, 240)], "no second pass on an estimate"
+    events = []
+    steps = sizing.segment_at_size(far, image, tiny_model(20), None, None, {"probabilities": True})
+    while True:
+        try:
+            events.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert [call[0] for call in far.calls] == [(240, 240), (80, 80)], "a second pass, a third of the size"
+    assert result.labels.shape == image.shape and result.probabilities.shape == (3, 240, 240)
+    assert "about 60 px across" in result.messages[-1] and "segmented again" in result.messages[-1]
+
+
+@pytest.mark.parametrize("radius", [6, 12.5])
+def test_no_diameter_segments_once_and_reports_objects_smaller_or_near_the_models_size(radius):
+    image = np.zeros((240, 240), np.float32)
+    fake = FakeRun(radius=radius)  # 12 px (smaller: never enlarged) or 25 px (within 1.5x) for a 20 px model
+    result = run_to_end(sizing.segment_at_size(fake, image, tiny_model(20), None, None, {"probabilities": True}))
+    assert [call[0] for call in fake.calls] == [(240, 240)], "no second pass"
+    assert f"about {2 * radius:.0f} px across" in result.messages[-1] and "pass diameter=" in result.messages[-1]
+
+
+def test_a_stack_is_measured_but_not_segmented_again():
+    image = np.zeros((3, 240, 240), np.float32)
+
+    def stack_run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        labels = np.stack([discs((240, 240), 30)] * 3)
+        yield "progress"
+        return SimpleNamespace(labels=labels, probabilities=None, labels_axes="ZYX", messages=[])
+
+    result = run_to_end(sizing.segment_at_size(stack_run, image, tiny_model(20), "ZYX", None,
+                                               {"probabilities": False}))
     assert "about 60 px across" in result.messages[-1] and "pass diameter=" in result.messages[-1]
+
+
+def test_the_typical_diameter_sees_through_a_large_object_shattered_into_pieces():
+    labels = discs((240, 240), 30, count=6)  # six nuclei of 60 px
+    pieces = np.zeros_like(labels)
+    rows, cols = np.indices((60, 220))
+    pieces[170:230, 10:230] = 100 + (rows // 6) * 40 + cols // 6  # one more, shattered into 6 x 6 px pieces
+    labels = np.where(pieces > 0, pieces, labels)
+    assert sizing.estimate_diameter(labels) < 20, "the median over objects measures the pieces"
+    assert sizing.typical_diameter(labels) == pytest.approx(60, rel=0.1)
 
 
 def test_a_model_without_an_object_size_ignores_the_diameter_and_says_so():

@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "OME or ImageJ metadata records, else isotropic)")
     parser.add_argument("--diameter", type=float, default=None, metavar="PX",
                         help="typical object diameter in pixels; the image is resampled to the model's object size "
-                        "(default: measured from a first pass)")
+                        "(default: measured from a first pass; a 2D image whose objects are more than 1.5 times "
+                        "the model's is segmented again at its size)")
     parser.add_argument("--stack", default=None, choices=("3d", "planes"),
                         help="a 2D model on a z-stack: 3d (objects through the stack, the default for instance "
                         "models) or planes (each plane on its own)")

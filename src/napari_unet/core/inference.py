@@ -138,9 +138,9 @@ def segment_steps(image: Any, model: Model, axes: str | None = None, device: str
         stack; "planes" labels each plane on its own. Semantic 2D models go plane by plane; 3D models ignore it.
     diameter: the typical object diameter in pixels. For a model that records the object size it was trained
         at, the image's Y and X are resampled to that size and the result brought back
-        (:mod:`~napari_unet.core.sizing`). None measures the objects of a first pass over a single image and
-        segments again at their scale if they are far from the model's size; the result's messages say what
-        was found.
+        (:mod:`~napari_unet.core.sizing`). None measures the objects of a first pass and, for a 2D image whose
+        objects are more than 1.5 times the model's size, segments again at that size; the result's messages
+        say what was found.
     """
     options = {"device": device, "tile_shape": tile_shape, "overlap": overlap, "batch_size": batch_size,
                "progress": progress, "cancel": cancel, "out": out, "tta": tta, "precision": precision,

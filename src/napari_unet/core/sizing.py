@@ -6,11 +6,15 @@ much smaller ones merge or vanish. A model's config records the typical object d
 segments, and brings the labels (nearest) and probabilities (linear) back to the image's grid; within
 :data:`TOLERANCE` the scale augmentation of training covers the difference and nothing is resampled.
 
-``diameter=None`` segments at the image's own scale and reports the size of the objects found
-(:func:`estimate_diameter`), so that a user can tell whether to pass one. It does not resample on that
-estimate: the objects of a first pass are sized by the very mistakes a rescale would correct (large nuclei
-split in three measure a third of their size), and on the DSB 2018 train split an automatic second pass
-scored lower than none. Fine-tuning likewise trains on the images at their own scale and records the size of
+``diameter=None`` segments a 2D image at its own scale and measures the objects found (:func:`typical_diameter`,
+an area-weighted median). If they are more than :data:`AUTO_LARGER` times the model's size, it segments the
+image again, resampled down to that size, and says so; otherwise it reports their size, so that a user can
+tell whether to pass one. Only down: a model shatters nuclei much larger than it learned into pieces, and the
+area-weighted size of a first pass sees through the pieces (a plain median over objects measures the pieces
+and would ask for the wrong direction); small objects are within the scale range the model was trained on,
+and enlarging an image multiplies the work. Chosen on the DSB 2018 train split (rule, factor 1.3-2.5 and
+direction): colour histology AP@0.5 0.550 -> 0.593, fluorescence unchanged (0.8177 -> 0.8161). Stacks and
+time-lapses are only measured. Fine-tuning trains on the images at their own scale and records the size of
 the annotated objects (:func:`annotated_diameter`).
 
 Resampling needs the image in memory: a lazy image (dask, zarr, a TIFF file) up to :data:`IN_MEMORY_BYTES` is
@@ -31,12 +35,27 @@ from napari_unet.core.errors import InvalidInputError
 TOLERANCE = 1.15  # a given diameter within this factor of the trained one: no resampling
 MIN_OBJECTS = 5  # fewer objects say little about their typical size
 MAX_FACTOR = 8.0
+AUTO_LARGER = 1.5  # diameter=None: objects larger than the model's by this factor are segmented again at its size
 IN_MEMORY_BYTES = 2**30  # a lazy image up to this size is read into memory to be resampled
 
 
 def model_diameter(config: Any) -> float | None:
     """The typical object diameter (px) of the model's training data, if its config records one."""
     return float(config.object_diameter) if config.object_diameter else None
+
+
+def typical_diameter(labels: np.ndarray) -> float | None:
+    """The equivalent diameter of the object that the median object pixel belongs to (an area-weighted median),
+    or None with fewer than :data:`MIN_OBJECTS` objects. Unlike the median over objects, it is not pulled down
+    when a model shatters large nuclei into many small pieces: the pieces are many, but they cover little."""
+    labels = np.asarray(labels)
+    planes = labels.reshape((-1,) + labels.shape[-2:])
+    areas = np.concatenate([_object_areas(plane) for plane in planes] or [np.zeros(0, np.int64)])
+    if areas.size < MIN_OBJECTS:
+        return None
+    ordered = np.sort(areas)
+    covered = np.cumsum(ordered)
+    return float(2.0 * np.sqrt(ordered[np.searchsorted(covered, covered[-1] / 2)] / np.pi))
 
 
 def estimate_diameter(labels: np.ndarray) -> float | None:
@@ -100,19 +119,37 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     config = getattr(model, "config", None)  # not a model: segment_steps says so
     trained = model_diameter(config) if config is not None else None
     small = isinstance(image, np.ndarray) or fits_in_memory(image)
-    if diameter is None or trained is None or not small:
-        result = yield from run(image, model, axes, **options)
-        if diameter is not None:
-            why = "records no object size" if trained is None else "cannot resample an image this large"
-            result.messages.append(f"diameter {diameter:g} px ignored: the model {why}; segmented at the "
-                                   "image's own scale")
-        elif trained is not None and isinstance(result.labels, np.ndarray):
-            found = estimate_diameter(result.labels)
-            if found is not None:
-                result.messages.append(f"objects about {found:.0f} px across (the model was trained on "
-                                       f"{trained:.0f} px); pass diameter= to resample the image to that size")
+    if diameter is not None and trained is not None and small:
+        return (yield from _at_diameter(run, image, model, axes, diameter, trained, options))
+    result = yield from run(image, model, axes, **options)
+    if diameter is not None:
+        why = "records no object size" if trained is None else "cannot resample an image this large"
+        result.messages.append(f"diameter {diameter:g} px ignored: the model {why}; segmented at the image's own "
+                               "scale")
         return result
+    labels = result.labels if trained is not None and isinstance(result.labels, np.ndarray) else None
+    found = typical_diameter(labels) if labels is not None else None
+    if found is None:
+        return result
+    if small and labels.ndim == 2 and trained * AUTO_LARGER < found <= trained * MAX_FACTOR:
+        second = yield from _with_message(_at_diameter(run, image, model, axes, found, trained, options),
+                                          f"objects about {found:.0f} px across: segmenting again at the model's "
+                                          f"size ({trained:.0f} px)")
+        second.messages[-1] = (f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's "
+                               f"{trained:.0f} px: segmented again with the image resampled by "
+                               f"{trained / found:.2f}; pass diameter= to choose the size yourself")
+        return second
+    result.messages.append(f"objects about {found:.0f} px across (the model was trained on {trained:.0f} px); "
+                           "pass diameter= to resample the image to that size")
+    return result
+
+
+def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, model: Any, axes: str | None,
+                 diameter: float, trained: float, options: dict[str, Any]) -> Generator[Any, None, Any]:
+    """The run on the image resampled so that objects of ``diameter`` px get the model's ``trained`` size, its
+    result brought back to the image's grid (and into the caller's arrays)."""
     image = np.asarray(image)
+    config = model.config
     letters = axes or infer_axes(image.shape, spatial_dims=config.network.spatial_dims,
                                  in_channels=config.in_channels)
     factor = _factor(trained, diameter)
@@ -135,6 +172,18 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     result.messages.append(f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
                            f"{trained:.0f} px")
     return result
+
+
+def _with_message(steps: Generator[Any, None, Any], message: str) -> Generator[Any, None, Any]:
+    """The progress of ``steps`` with ``message`` on every event (a second pass says why it runs)."""
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if hasattr(event, "message"):
+            event.message = message
+        yield event
 
 
 def into_callers_arrays(result: Any, options: dict[str, Any]) -> None:

@@ -116,7 +116,9 @@ class SegmentWidget(QWidget):
         self.diameter_spin.setSuffix(" px")
         self.diameter_spin.setToolTip("Typical object diameter in pixels: the image is resampled so that objects "
                                       "have the size the model was trained at. 'auto' segments the image as it "
-                                      "is and reports the size of the objects found.")
+                                      "is, reports the size of the objects found and, for a 2D image whose "
+                                      "objects are over 1.5 times the model's size, segments it again at that "
+                                      "size.")
 
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
