@@ -79,14 +79,7 @@ def test_a_diameter_near_the_trained_one_changes_nothing():
 def test_no_diameter_segments_again_at_the_models_size_when_objects_are_much_larger():
     image = np.zeros((240, 240), np.float32)
     far = FakeRun(radius=30)  # objects of 60 px for a 20 px model
-    events = []
-    steps = sizing.segment_at_size(far, image, tiny_model(20), None, None, {"probabilities": True})
-    while True:
-        try:
-            events.append(next(steps))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_to_end(sizing.segment_at_size(far, image, tiny_model(20), None, None, {"probabilities": True}))
     assert [call[0] for call in far.calls] == [(240, 240), (80, 80)], "a second pass, a third of the size"
     assert result.labels.shape == image.shape and result.probabilities.shape == (3, 240, 240)
     assert "about 60 px across" in result.messages[-1] and "segmented again" in result.messages[-1]

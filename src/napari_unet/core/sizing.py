@@ -132,9 +132,9 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     if found is None:
         return result
     if small and labels.ndim == 2 and trained * AUTO_LARGER < found <= trained * MAX_FACTOR:
-        second = yield from _with_message(_at_diameter(run, image, model, axes, found, trained, options),
-                                          f"objects about {found:.0f} px across: segmenting again at the model's "
-                                          f"size ({trained:.0f} px)")
+        second = yield from _at_diameter(run, image, model, axes, found, trained, options,
+                                         f"objects about {found:.0f} px across: segmenting again at the model's "
+                                         f"size ({trained:.0f} px)")
         second.messages[-1] = (f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's "
                                f"{trained:.0f} px: segmented again with the image resampled by "
                                f"{trained / found:.2f}; pass diameter= to choose the size yourself")
@@ -145,9 +145,11 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
 
 
 def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, model: Any, axes: str | None,
-                 diameter: float, trained: float, options: dict[str, Any]) -> Generator[Any, None, Any]:
+                 diameter: float, trained: float, options: dict[str, Any],
+                 message: str | None = None) -> Generator[Any, None, Any]:
     """The run on the image resampled so that objects of ``diameter`` px get the model's ``trained`` size, its
-    result brought back to the image's grid (and into the caller's arrays)."""
+    result brought back to the image's grid (and into the caller's arrays); ``message`` replaces its progress
+    events' own (a second pass says why it runs)."""
     image = np.asarray(image)
     config = model.config
     letters = axes or infer_axes(image.shape, spatial_dims=config.network.spatial_dims,
@@ -166,24 +168,12 @@ def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, mode
     if options.get("scale") is not None:  # the resampled pixels are smaller in Y and X by the factor
         scale = list(options["scale"])
         inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
-    result = yield from without_previews(run(resampled, model, letters, **inner))
+    result = yield from without_previews(run(resampled, model, letters, **inner), message)
     _resampled(result, image.shape, yx)
     into_callers_arrays(result, options)
     result.messages.append(f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
                            f"{trained:.0f} px")
     return result
-
-
-def _with_message(steps: Generator[Any, None, Any], message: str) -> Generator[Any, None, Any]:
-    """The progress of ``steps`` with ``message`` on every event (a second pass says why it runs)."""
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if hasattr(event, "message"):
-            event.message = message
-        yield event
 
 
 def into_callers_arrays(result: Any, options: dict[str, Any]) -> None:
@@ -195,9 +185,10 @@ def into_callers_arrays(result: Any, options: dict[str, Any]) -> None:
             setattr(result, name, target)
 
 
-def without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+def without_previews(steps: Generator[Any, None, Any], message: str | None = None) -> Generator[Any, None, Any]:
     """The progress of a run on the resampled image, whose previews lie on the resampled grid and so are not
-    passed on (a viewer would draw them in the wrong place); the final labels are on the image's grid."""
+    passed on (a viewer would draw them in the wrong place); the final labels are on the image's grid. A
+    ``message`` replaces the events' own."""
     while True:
         try:
             event = next(steps)
@@ -205,6 +196,8 @@ def without_previews(steps: Generator[Any, None, Any]) -> Generator[Any, None, A
             return stop.value
         if hasattr(event, "preview"):
             event.preview, event.regions = None, []
+        if message is not None and hasattr(event, "message"):
+            event.message = message
         yield event
 
 
