@@ -128,3 +128,14 @@ def test_finetune_infers_axes_as_segment_does_and_trains_on_the_same_grey():
     stack = np.stack([to_grey(rgb)] * 3)  # a 3D array with no axes is a z-stack for a 2D model, as in segment
     data = prepare_data(model, [Sample(stack, np.stack([labels] * 3))], None, 0.0, 10.0, 5.0)
     assert len(data.items) == 3
+
+
+def test_the_axes_a_widget_checks_accept_colour_for_a_one_channel_model_as_segment_does():
+    from napari_unet.core.colour import resolve_model_axes
+
+    assert resolve_model_axes(None, (64, 80, 3), spatial_dims=2, in_channels=1, rgb=True) == "YXC"
+    assert resolve_model_axes("TYXC", (2, 64, 80, 4), spatial_dims=2, in_channels=1) == "TYXC"
+    with pytest.raises(InvalidInputError, match="input channel"):  # channels first are stains, not colours
+        resolve_model_axes("CYX", (3, 64, 80), spatial_dims=2, in_channels=1)
+    with pytest.raises(InvalidInputError, match="Z axis"):  # the grey image's axes are still checked
+        resolve_model_axes("YXC", (64, 80, 3), spatial_dims=3, in_channels=1)

@@ -241,6 +241,19 @@ def test_rgb_layer(qtbot, viewer, segment_widget, nuclei, run_segment, make_tiny
     np.testing.assert_array_equal(output.data, expected)
 
 
+def test_a_colour_layer_with_a_one_channel_model_is_converted_as_segment_converts_it(
+        qtbot, viewer, segment_widget, nuclei, run_segment):
+    """Histology opened in napari is RGB; the bundled model takes one channel: the dock must not refuse it."""
+    rgb = np.stack([255 - nuclei[0], 255 - nuclei[0] // 2, 255 - nuclei[0] // 3], axis=-1).astype(np.uint8)
+    viewer.add_image(rgb, name="he", rgb=True)
+    assert segment_widget.axes_edit.text() == "YXC"
+    assert "model takes 1 input channel" not in segment_widget.axes_note.text()
+    assert run_segment(segment_widget) == "done"
+    expected = segment(rgb, load_model("tiny"), axes="YXC", probabilities=False).labels
+    np.testing.assert_array_equal(viewer.layers["he labels"].data, expected)
+    assert "colour" in segment_widget.status.text()
+
+
 def test_region_in_view_segments_only_what_is_visible(qtbot, viewer, segment_widget, run_segment):
     image = np.random.default_rng(0).integers(0, 255, (400, 400), dtype=np.uint8)
     viewer.add_image(image, name="big")

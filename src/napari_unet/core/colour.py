@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.axes import check_axes, infer_axes
+from napari_unet.core.axes import check_axes, infer_axes, resolve_axes
 from napari_unet.core.normalization import sample_pixels
 
 LUMINANCE = (0.299, 0.587, 0.114)
@@ -179,3 +179,17 @@ def grey_for_model(image: Any, axes: str | None, spatial_dims: int, in_channels:
             f"it was given its {conversion.describe()}")
     warnings.warn(note, UserWarning, stacklevel=stacklevel)
     return to_grey(image, conversion), grey_axes, note
+
+
+def resolve_model_axes(axes: str | None, shape: tuple[int, ...], *, spatial_dims: int, in_channels: int,
+                       rgb: bool | None = None) -> str:
+    """The checked axes of an image as :func:`segment` will read it (what a widget checks before a run): as
+    :func:`~napari_unet.core.axes.resolve_axes`, except that a colour image for a 1-channel model is accepted,
+    since :func:`grey_for_model` converts it; its other axes are checked as those of the grey image."""
+    shape = tuple(int(n) for n in shape)
+    letters = check_axes(axes, len(shape)) if axes is not None else infer_axes(
+        shape, spatial_dims=spatial_dims, in_channels=in_channels, rgb=rgb)
+    if is_colour(letters, shape, in_channels):
+        resolve_axes(letters[:-1], shape[:-1], spatial_dims=spatial_dims, in_channels=in_channels)
+        return letters
+    return resolve_axes(axes, shape, spatial_dims=spatial_dims, in_channels=in_channels, rgb=rgb)

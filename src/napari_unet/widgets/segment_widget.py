@@ -259,14 +259,14 @@ class SegmentWidget(QWidget):
     def _input(self, layer: Any) -> tuple[Any, str, str]:
         """(data, its checked axes, the axes of the layer's own data): the layer's data, or, with channel layers
         chosen, the layers stacked lazily as channels in front (so the axes are "C" + the layer's)."""
-        from napari_unet.core.axes import resolve_axes
+        from napari_unet.core.colour import resolve_model_axes
         from napari_unet.core.errors import InvalidInputError
 
         dims, channels = self._model_kind()
         stack = stack_channels(layer, self.channel_pickers.layers, dims)
         data = stack.data if stack else full_resolution(layer)
-        axes = resolve_axes(self.axes_edit.text() or (stack.axes if stack else None), data.shape,
-                            spatial_dims=dims, in_channels=channels, rgb=bool(layer.rgb) and stack is None)
+        axes = resolve_model_axes(self.axes_edit.text() or (stack.axes if stack else None), data.shape,
+                                  spatial_dims=dims, in_channels=channels, rgb=bool(layer.rgb) and stack is None)
         if stack is None:
             return data, axes, axes
         if axes[0] != "C":
