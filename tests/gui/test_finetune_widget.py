@@ -264,3 +264,21 @@ def test_a_version_that_scores_lower_on_the_held_out_annotations_is_not_selected
 
     finetune_widget._finish(run, Outcome("done", value=TunedVersion(library_dir() / "tiny-v3", base)))
     assert "No held-out score" in finetune_widget.scores.text(), "too few annotations to hold some out"
+
+
+def test_a_colour_pair_for_a_one_channel_model_is_read_as_segment_reads_it(viewer, finetune_widget, nuclei):
+    from napari_unet.core.library import resolve_model_folder
+    from napari_unet.core.models import load_model
+    from napari_unet.core.training_data import prepare_data
+
+    image, labels = nuclei
+    rgb = np.stack([255 - image, 255 - image // 2, 255 - image // 3], axis=-1).astype(np.uint8)
+    viewer.add_image(rgb, name="he", rgb=True)
+    viewer.add_labels(labels, name="corrected")
+    viewer.layers.selection.active = viewer.layers["corrected"]
+    finetune_widget.add_button.click()
+    (sample,) = finetune_widget.samples()
+    assert sample.axes == "YXC" and sample.labels.shape == rgb.shape[:2]
+    with pytest.warns(UserWarning, match="colour"):
+        data = prepare_data(load_model(resolve_model_folder("tiny")), [sample], None, 0.0, 10.0, 5.0)
+    assert data.items[0].image.shape[-2:] == rgb.shape[:2]
