@@ -47,6 +47,7 @@ from napari_unet.widgets._regions import regions_mask
 from napari_unet.widgets._registry import segment_widget_for
 from napari_unet.widgets._scroll import scrollable_layout
 from napari_unet.widgets._workers import Outcome, finetune_in_child, report_failure, set_up_once, start_worker
+from napari_unet.widgets._version_report import scores_text, version_message
 
 
 class FinetuneWidget(QWidget):
@@ -452,46 +453,18 @@ class FinetuneWidget(QWidget):
             self.progress_bar.set_progress(0, 1, "stopped")
         else:
             version = outcome.value
-            path, base = version.path, run["base"]
             self.scores.setText(scores_text(version))
             self.scores.show()
-            early = "Stopped early; saved the best model so far" if run["cancel"].cancelled else "Saved"
-            corrections = corrections_message(path, run["predictions"])
-            if version.improved is False:  # the version holds the start's weights: keep the start selected
-                message = (f"{early} as '{path.name}', but training did not beat {base} on the validation "
-                           f"part of your annotations, so {base} stays selected. Annotate more objects, or "
-                           f"train longer.{corrections}")
-                show_warning(message)
-            elif version.worse:
-                message = (f"{early} as '{path.name}', but it scores lower than {base} on the held-out part of "
-                           f"your annotations, so {base} stays selected. Annotate more objects, or train "
-                           f"longer.{corrections}")
-                show_warning(message)
-            else:
-                self.saved_path, self.parent_path = path, version.parent
-                self.select_model(path)
+            message, selected = version_message(version, run["base"], run["cancel"].cancelled,
+                                                corrections_message(version.path, run["predictions"]))
+            if selected:
+                self.saved_path, self.parent_path = version.path, version.parent
+                self.select_model(version.path)
                 self.segment_again_button.setEnabled(True)
                 self.rollback_button.setEnabled(True)
-                message = (f"{early} as '{path.name}', fine-tuned from {base}. It is selected in the Segment "
-                           f"widget: press 'Segment again' to see it work, or 'Roll back' to return to "
-                           f"{base}.{corrections}")
-                show_info(message)
+            (show_info if selected else show_warning)(message)
             self.progress_bar.set_progress(1, 1, "done")
         self.status.setText(message)
         run["progress"].close()  # after the widget's state is final: napari processes pending events here
         self.run_finished.emit(status)
 
-
-def scores_text(version: Any) -> str:
-    """The held-out score of the parent and of the new version, as the dock shows them."""
-    name = version.score_name
-    if name is None:
-        return ("No held-out score: too few annotated pixels to hold some out of training. Annotate more to see "
-                "how the new version compares.")
-    measure = "Object F1@0.5" if name == "val_f1" else "Foreground Dice"
-    after = f"<b>{version.path.name} {version.after[name]:.3f}</b>"
-    if name not in version.before:  # trained from random weights: the parent was not scored
-        return f"{measure} on your held-out annotations:<br>{after}"
-    change = version.after[name] - version.before[name]
-    return (f"{measure} on your held-out annotations:<br>{version.parent.name} {version.before[name]:.3f} "
-            f"&rarr; {after} ({change:+.3f})")
