@@ -42,6 +42,10 @@ def segment_large(image: Any, model: Any, out: Any = None, client: Any = None, *
                   trust: bool = False, progress: ProgressCallback | None = None) -> LargeResult:
     """Segment one large image with the network on many workers; the labels equal :func:`segment`'s.
 
+    At the image's own scale: :func:`segment` segments a 2D image that fits in memory a second time, resampled,
+    when its objects come out over 1.5 times the model's size (:mod:`~napari_unet.core.sizing`); this function
+    does not (an image worth many workers rarely fits in one), so for such objects resample the image first.
+
     image: a zarr array, a path that :mod:`~napari_unet.core.io` reads, or any array the workers can unpickle
         (a numpy array is sent once). Workers read only their tiles' pixels.
     out: a zarr (or numpy) integer array to fill, a path ending in ``.zarr`` (written under a temporary name,
