@@ -230,3 +230,17 @@ def test_a_stroke_made_while_the_view_is_resegmented_is_kept(qtbot, viewer, fine
     with qtbot.waitSignal(finetune_widget.live.resegmented, timeout=60_000):
         finetune_widget.live_button.setChecked(True)
     assert (segmented.data[late] == 99).all(), "planned on the labels as they were, written on them as they are"
+
+
+def test_a_job_knows_the_kinds_of_correction_in_the_pair_as_last_sent():
+    from napari_unet.core.training_data import Sample
+    from napari_unet.widgets._live_training import _Job
+
+    prediction = np.zeros((30, 30), np.int32)
+    prediction[2:8, 2:14] = 1
+    labels = prediction.copy()
+    labels[2:8, 8:14] = 9  # the user split a merged pair
+    sent = Sample(np.zeros((30, 30), np.float32), labels, prediction=prediction)
+    job = _Job(None, (slice(10, 30), slice(0, 30)), None, {}, None, prediction[10:], prediction, sent)
+    assert job.corrected == {"split"}
+    assert _Job(None, (), None, {}, None, prediction, prediction).corrected == frozenset(), "nothing sent yet"

@@ -185,3 +185,18 @@ def test_live_writes_a_new_versions_split_like_the_users_and_keeps_its_other_cha
     assert not written[30:36, 60:66].any(), "no object is added: the user added none"
     assert not written[2:8, 8:14].any(), "the user's stroke stays"
     assert not written[30:35, 20:26].any(), "no new outline of an object: the user reshaped none"
+
+
+def test_corrections_made_outside_the_view_say_what_a_new_version_may_change_in_it():
+    """The user split a pair, then moved the view on: the region in view holds no correction of theirs."""
+    shape = (30, 60)
+    kept = np.zeros(shape, np.int32)
+    kept[2:8, 2:14] = 1  # a merged pair
+    kept[20:25, 30:35] = 2  # a nucleus
+    new = np.zeros(shape, np.int32)
+    new[2:8, 2:8], new[2:8, 8:14] = 3, 4  # the new version splits the pair
+    whole = (slice(0, 30), slice(0, 60))
+    written = plan_unedited(kept, kept, new, True, None, whole, shape, frozenset({"split"}))
+    assert written[2:8, 2:14].all() and not written[20:25, 30:35].any(), "the split, not the removal"
+    everything = plan_unedited(kept, kept, new, True, None, whole, shape)
+    assert everything[20:25, 30:35].all(), "no correction anywhere: nothing to go by, every change is written"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
+from napari_unet.core.change_kinds import corrected_kinds
 from napari_unet.core.live_training import LiveRound
 from napari_unet.widgets._layers import spatial_scale, unwrap
 from napari_unet.widgets._models import model_kind
@@ -77,12 +79,21 @@ class _Job:
     reviewed: np.ndarray | None  # the pair's reviewed mask over the layer
     before: np.ndarray  # a copy of the layer's labels in the region
     kept: np.ndarray  # the layer's kept prediction (whole)
+    sent: Any = None  # the pair as last sent to training (a Sample: copies of its labels and prediction)
+
+    @cached_property
+    def corrected(self) -> frozenset[str]:
+        """The kinds of correction the user made anywhere in the pair, as last sent (those made in the region in
+        view since then are read from the region itself); computed once, in the worker."""
+        if self.sent is None or self.sent.prediction is None:
+            return frozenset()
+        return frozenset(corrected_kinds(self.sent.prediction, self.sent.labels))
 
     def plan(self, new: np.ndarray, instance: bool) -> np.ndarray:
         """Where ``new`` may go, as :func:`write_unedited` decides it on the labels as they were (any thread)."""
         reviewed = None if self.reviewed is None else self.reviewed[self.index]
         return plan_unedited(self.before, self.kept[self.index], new, instance, reviewed, self.index,
-                             self.kept.shape)
+                             self.kept.shape, self.corrected)
 
     def unchanged(self) -> bool:
         """Whether the layer's region and kept prediction are still those the plan was made on (main thread)."""
@@ -100,6 +111,7 @@ class LiveTraining(QObject):
         self.dock = dock
         self._run: _LiveRun | None = None
         self._dirty = False
+        self._sent: list = []  # the samples last sent: their corrections say what a new version may change
         self._pairs: tuple = ()  # the layers of the pairs watched, to notice pairs added, removed or changed
         self._watched: list[tuple[Any, str]] = []  # (layer, event name) connected to _mark_dirty
         self._segmenting = False
@@ -131,7 +143,7 @@ class LiveTraining(QObject):
         options = {**dock.training_options(), "time_budget_s": ROUND_S}
         token, outbox = CancelToken(), queue.Queue()
         run = _LiveRun(token, outbox, model_path, model_path)
-        self._run = run
+        self._run, self._sent = run, samples
         self._watch()
         run.worker = start_worker(lambda: live_in_child(model_path, samples, token, options, outbox),
                                   lambda event: self._on_event(run, event), dock, token, "Live fine-tuning")
@@ -167,6 +179,7 @@ class LiveTraining(QObject):
             self._show(f"Live: the pairs cannot be sent ({exc}); training goes on with the last ones.")
             return
         run.outbox.put(samples)
+        self._sent = samples
         if run.waiting:
             run.waiting = False
             self._show_state(run)
@@ -320,8 +333,9 @@ class LiveTraining(QObject):
             except ValueError:  # no area shape yet: nothing reviewed
                 reviewed = None
             index = scope.output_index
+            sent = self._sent[number - 1] if len(self._sent) == len(self.dock.rows) else None
             jobs.append(_Job(labels, index, data[scope.image_index], options, reviewed, np.array(labels.data[index]),
-                             kept))
+                             kept, sent))
         return jobs
 
     def _on_segmented(self, version: Path, instance: bool, jobs: list[_Job], event: Any) -> None:
@@ -336,7 +350,7 @@ class LiveTraining(QObject):
                     continue
                 # strokes made (or a new Segment run) while the worker ran: planned again here, on the labels now
                 write_unedited(job.labels, job.index, result.labels, instance, job.reviewed,
-                               planned if job.unchanged() else None)
+                               planned if job.unchanged() else None, job.corrected)
             self.resegmented.emit(version.name)
         pending, self._pending = self._pending, None
         if pending is not None:

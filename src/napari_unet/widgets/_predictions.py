@@ -72,23 +72,26 @@ def prediction_of(layer: Any, shape: tuple[int, ...] | None = None) -> np.ndarra
 
 
 def plan_unedited(current: np.ndarray, kept: np.ndarray, new: np.ndarray, instance: bool,
-                  reviewed: np.ndarray | None, index: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+                  reviewed: np.ndarray | None, index: tuple[slice, ...], shape: tuple[int, ...],
+                  corrected: frozenset[str] = frozenset()) -> np.ndarray:
     """Where a newer model's ``new`` labels may go in the region ``index`` of a layer of ``shape`` whose labels
     there are ``current`` and whose kept prediction there is ``kept`` (``reviewed``: the region's reviewed mask
     or None): a mask, as :func:`write_unedited` decides it. Instance labels change only in the kinds of change the
-    user made to the prediction in the region (objects split, removed, added, merged, reshaped:
-    :mod:`napari_unet.core.change_kinds`), any kind where they changed nothing there. Pure, so Live mode runs it
-    in a worker on copies (object by object it takes a noticeable part of a second on a large view)."""
+    user made to the prediction in the region or elsewhere (``corrected``: the kinds made outside it) (objects
+    split, removed, added, merged, reshaped: :mod:`napari_unet.core.change_kinds`), any kind where they changed
+    nothing at all. Pure, so Live mode runs it in a worker on copies (object by object it takes a noticeable
+    part of a second on a large view)."""
     unedited = (current == kept) & (True if reviewed is None else ~reviewed)
     if not instance:
         return unedited
-    allowed = corrected_kinds(kept, current) or None
+    allowed = (corrected_kinds(kept, current) | corrected) or None
     return unedited_objects(current, np.asarray(new).reshape(unedited.shape), unedited, region_edges(index, shape),
                             allowed)
 
 
 def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, instance: bool,
-                   reviewed: np.ndarray | None = None, planned: np.ndarray | None = None) -> int | None:
+                   reviewed: np.ndarray | None = None, planned: np.ndarray | None = None,
+                   corrected: frozenset[str] = frozenset()) -> int | None:
     """Write a newer model's ``labels`` over the part ``index`` of ``layer``, only where the layer still holds
     the kept prediction: the pixels the user painted, erased or relabelled stay as they are. Instance labels
     are written object by object (:func:`~napari_unet.core.unedited.unedited_objects`), so that no rim or cut
@@ -98,7 +101,8 @@ def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, ins
     corrections). Instance ids are shifted past the layer's largest, so that no new object takes the id
     of one the user drew or of one outside ``index``. Returns the number of pixels written, or None (nothing
     written) when no prediction is kept for the layer: its edits cannot be told apart from the model's output.
-    ``planned``: the mask :func:`plan_unedited` made of the layer as it is now (else it is made here).
+    ``planned``: the mask :func:`plan_unedited` made of the layer as it is now (else it is made here, with the
+    kinds of correction ``corrected`` outside ``index``).
     """
     real = unwrap(layer)
     kept = prediction_of(real, tuple(real.data.shape))
@@ -107,7 +111,7 @@ def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, ins
     data = real.data
     written = planned if planned is not None else plan_unedited(
         data[index], kept[index], labels, instance, None if reviewed is None else reviewed[index], index,
-        data.shape)
+        data.shape, corrected)
     new = np.asarray(labels).reshape(written.shape)
     if instance:
         new = np.where(new > 0, new.astype(np.int64) + int(data.max(initial=0)), 0)
