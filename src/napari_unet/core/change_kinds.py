@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("added", "removed", "merged", "split", "reshaped")
 MATCH_IOU = 0.5
 MOSTLY = 0.5
 
@@ -38,12 +37,10 @@ class Changes:
     after_kinds: np.ndarray
     removed: np.ndarray
 
-    def kinds(self, after_ids: np.ndarray | None = None, before_ids: np.ndarray | None = None) -> set[str]:
-        """The kinds of change among the given objects (all of them by default), ``same`` left out."""
-        kinds = self.after_kinds if after_ids is None else self.after_kinds[after_ids]
-        found = {str(k) for k in np.unique(kinds)} - {"", "same"}
-        removed = self.removed if before_ids is None else self.removed[before_ids]
-        return found | ({"removed"} if removed.any() else set())
+    def kinds(self, after_ids: np.ndarray, before_ids: np.ndarray) -> set[str]:
+        """The kinds of change of the given objects of ``after`` and ``before``, ``same`` left out."""
+        found = {str(k) for k in np.unique(self.after_kinds[after_ids])} - {"", "same"}
+        return found | ({"removed"} if self.removed[before_ids].any() else set())
 
 
 def object_changes(before: np.ndarray, after: np.ndarray) -> Changes:

@@ -14,7 +14,8 @@ model.
 Where the labels are Segment's output with the user's strokes (and no reviewed-regions layer), the held-out
 block is where the strokes are, and only the objects the user changed are scored (``held_out="corrections"``,
 :mod:`napari_unet.core.holdout`): the rest is the current model's own output, which would approve any copy of
-it and reject any change. Until a corrected object can be held out, a round has no score and makes no version: it stops at its first validation, and the child waits for newer strokes.
+it and reject any change. Until a corrected object can be held out, a round has no score and makes no version:
+it stops at its first validation, and the child waits for newer strokes.
 
 Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` rounds on the same snapshot
 without a new version, after a round that could not be scored (too few annotations to hold a block out), and
@@ -110,9 +111,8 @@ def _run_round(model: Any, samples: list, cancel: Callable[[], bool], seed: int,
     """One round's fine-tuning to its end, yielding its steps numbered after ``steps_before``; returns the tuned
     model and the number of the last step. Cancelled if stopped. A round whose first validation (of the model it
     starts from) has no score, because nothing the user corrected could be held out (or nothing at all), stops
-    there and returns
-    None for the model: training on would keep the cores busy for a round that makes no version, and delay the
-    round that can, once the next strokes arrive."""
+    there and returns None for the model: training on would keep the cores busy for a round that makes no
+    version, and delay the round that can, once the next strokes arrive."""
     from napari_unet.core.training import finetune_steps
 
     steps = finetune_steps(model, samples, cancel=cancel, on_cancel="none", seed=seed, **options)

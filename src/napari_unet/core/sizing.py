@@ -48,9 +48,7 @@ def typical_diameter(labels: np.ndarray) -> float | None:
     """The equivalent diameter of the object that the median object pixel belongs to (an area-weighted median),
     or None with fewer than :data:`MIN_OBJECTS` objects. Unlike the median over objects, it is not pulled down
     when a model shatters large nuclei into many small pieces: the pieces are many, but they cover little."""
-    labels = np.asarray(labels)
-    planes = labels.reshape((-1,) + labels.shape[-2:])
-    areas = np.concatenate([_object_areas(plane) for plane in planes] or [np.zeros(0, np.int64)])
+    areas = _areas_per_plane(labels)
     if areas.size < MIN_OBJECTS:
         return None
     ordered = np.sort(areas)
@@ -61,12 +59,18 @@ def typical_diameter(labels: np.ndarray) -> float | None:
 def estimate_diameter(labels: np.ndarray) -> float | None:
     """Median equivalent diameter (the diameter of the disc of the same area) of the objects of 2D labels, or of
     every plane of a stack; None with fewer than :data:`MIN_OBJECTS` objects."""
-    labels = np.asarray(labels)
-    planes = labels.reshape((-1,) + labels.shape[-2:])
-    areas = np.concatenate([_object_areas(plane) for plane in planes] or [np.zeros(0, np.int64)])
+    areas = _areas_per_plane(labels)
     if areas.size < MIN_OBJECTS:
         return None
     return float(2.0 * np.sqrt(np.median(areas) / np.pi))
+
+
+def _areas_per_plane(labels: np.ndarray) -> np.ndarray:
+    """The pixel count of every object of every 2D plane of ``labels`` (an object cut by planes counts once per
+    plane: sizes are lateral, as the model sees them)."""
+    labels = np.asarray(labels)
+    planes = labels.reshape((-1,) + labels.shape[-2:])
+    return np.concatenate([_object_areas(plane) for plane in planes] or [np.zeros(0, np.int64)])
 
 
 def _object_areas(plane: np.ndarray) -> np.ndarray:
@@ -132,24 +136,23 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     if found is None:
         return result
     if small and labels.ndim == 2 and trained * AUTO_LARGER < found <= trained * MAX_FACTOR:
-        second = yield from _at_diameter(run, image, model, axes, found, trained, options,
-                                         f"objects about {found:.0f} px across: segmenting again at the model's "
-                                         f"size ({trained:.0f} px)")
-        second.messages[-1] = (f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's "
-                               f"{trained:.0f} px: segmented again with the image resampled by "
-                               f"{trained / found:.2f}; pass diameter= to choose the size yourself")
-        return second
+        return (yield from _at_diameter(
+            run, image, model, axes, found, trained, options,
+            progress=f"objects about {found:.0f} px across: segmenting again at the model's size ({trained:.0f} px)",
+            note=f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's {trained:.0f} px: "
+                 f"segmented again with the image resampled by {trained / found:.2f}; pass diameter= to choose the "
+                 "size yourself"))
     result.messages.append(f"objects about {found:.0f} px across (the model was trained on {trained:.0f} px); "
                            "pass diameter= to resample the image to that size")
     return result
 
 
 def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, model: Any, axes: str | None,
-                 diameter: float, trained: float, options: dict[str, Any],
-                 message: str | None = None) -> Generator[Any, None, Any]:
+                 diameter: float, trained: float, options: dict[str, Any], progress: str | None = None,
+                 note: str | None = None) -> Generator[Any, None, Any]:
     """The run on the image resampled so that objects of ``diameter`` px get the model's ``trained`` size, its
-    result brought back to the image's grid (and into the caller's arrays); ``message`` replaces its progress
-    events' own (a second pass says why it runs)."""
+    result brought back to the image's grid (and into the caller's arrays). ``progress`` replaces its progress
+    events' own message and ``note`` the result's note on the resampling (a second pass says why it runs)."""
     image = np.asarray(image)
     config = model.config
     letters = axes or infer_axes(image.shape, spatial_dims=config.network.spatial_dims,
@@ -168,10 +171,10 @@ def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, mode
     if options.get("scale") is not None:  # the resampled pixels are smaller in Y and X by the factor
         scale = list(options["scale"])
         inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
-    result = yield from without_previews(run(resampled, model, letters, **inner), message)
+    result = yield from without_previews(run(resampled, model, letters, **inner), progress)
     _resampled(result, image.shape, yx)
     into_callers_arrays(result, options)
-    result.messages.append(f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
+    result.messages.append(note or f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
                            f"{trained:.0f} px")
     return result
 
