@@ -327,11 +327,12 @@ def pairs_in(labels: np.ndarray, rows: slice, cols: slice) -> list[tuple[int, in
 class Outputs(torch.nn.Module):
     """A stand-in network whose output, for a validation block, is the instance classes of given labels."""
 
-    def __init__(self, block, labels: np.ndarray) -> None:
+    def __init__(self, block, labels: np.ndarray, confidence: float = 10.0) -> None:
         super().__init__()
         classes = np.zeros(block.input.shape[1:], np.int64)
         classes[block.crop] = instance_classes(labels, np.ones(labels.shape, bool))
-        self.logits = torch.nn.functional.one_hot(torch.from_numpy(classes), 3).permute(2, 0, 1).float() * 10
+        one_hot = torch.nn.functional.one_hot(torch.from_numpy(classes), 3).permute(2, 0, 1).float()
+        self.logits = one_hot * confidence  # the logit of the right class over the others
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits[None].expand(x.shape[0], -1, -1, -1)
@@ -388,6 +389,26 @@ def test_held_out_corrections_sit_where_the_user_corrected_and_only_they_are_sco
     erased = scores(lambda truth: np.where(truth == untouched[-1], 0, truth))  # one object left alone, erased
     assert erased["val_net"] == right["val_net"] - 1 and erased["val_f1"] == 1.0
     assert scores(lambda truth: merge(truth, pairs))["val_net"] < right["val_net"]
+
+
+def test_held_out_objects_are_made_as_segment_makes_them_with_the_models_thresholds():
+    from napari_unet.core.holdout import validate
+    from napari_unet.core.postprocess import ObjectFilter
+
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    sample = Sample(image, labels)
+    options = {**PREPARE, "validation_fraction": 0.2}
+    # a network right about every pixel's class, but unsure: P(interior) = e^1.5 / (e^1.5 + 2) = 0.69 inside
+    plain = training_data.prepare_data(tiny_model(), [sample], **options).validation
+    unsure = Outputs(plain.blocks[0], plain.blocks[0].instances, confidence=1.5)
+    assert validate(unsure, plain, torch.device("cpu"))["val_f1"] >= 0.9  # the most probable class: the nuclei
+
+    strict = tiny_model()
+    strict.config.object_filter = ObjectFilter(seed=0.8)  # segment seeds objects only where P(interior) > 0.8
+    validation = training_data.prepare_data(strict, [sample], **options).validation
+    metrics = validate(unsure, validation, torch.device("cpu"))
+    assert metrics["val_f1"] == 0.0, "no seed above the model's threshold: segment would find no object there"
+    assert metrics["val_dice"] == 1.0  # the pixels' classes are still right
 
 
 def test_without_a_corrected_object_held_out_there_is_no_score():

@@ -29,7 +29,7 @@ import torch
 
 from napari_unet.core.losses import foreground_dice, segmentation_loss
 from napari_unet.core.metrics import object_matching
-from napari_unet.core.postprocess import instance_labels
+from napari_unet.core.postprocess import ObjectFilter, instance_labels
 from napari_unet.core.targets import Item, objects_touching
 from napari_unet.core.unet import UNetConfig, halo, min_input_size, nearest_valid_sizes, output_size
 
@@ -57,12 +57,14 @@ class Validation:
     blocks: list[Block]
     task: str
     annotated_pixels: int
+    objects: ObjectFilter = ObjectFilter()  # the model's thresholds: objects are scored as segment makes them
 
 
 def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig, task: str,
-                        corrections_only: bool = False) -> Validation | None:
+                        corrections_only: bool = False, objects: ObjectFilter = ObjectFilter()) -> Validation | None:
     """Take validation blocks out of ``items`` (their training weights become 0 there); None when the
-    annotated area is too small to spare ``fraction`` of it. ``corrections_only``: see the module docstring."""
+    annotated area is too small to spare ``fraction`` of it. ``corrections_only``: see the module docstring.
+    ``objects``: the model's object filter, with which the blocks' objects are made."""
     if fraction <= 0:
         return None
     dims = network.spatial_dims
@@ -85,7 +87,7 @@ def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig,
         targets = items[index].targets
         targets.annotated[box] = False
         targets.weights[box] = 0.0
-    return Validation(blocks, task, total)
+    return Validation(blocks, task, total, objects)
 
 
 def _corner_block(annotated: np.ndarray, target: float, prefer: np.ndarray | None = None) -> tuple[slice, ...]:
@@ -197,7 +199,7 @@ def validate(network: torch.nn.Module, validation: Validation, device: torch.dev
         if block.instances is None:
             continue
         probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()
-        objects = np.where(block.annotated, instance_labels(probabilities), 0)  # exactly as inference makes them
+        objects = np.where(block.annotated, instance_labels(probabilities, validation.objects), 0)  # as segment does
         if block.vouched is None:
             matching = object_matching(objects, block.instances)
         else:

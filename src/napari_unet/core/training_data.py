@@ -116,7 +116,7 @@ def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Seq
     inverted = polarity and match_polarity(items)
     input_shape, output_shape = _patch_geometry(config.network, [i.image.shape[1:] for i in items], patch_shape)
     validation = hold_out_validation(items, validation_fraction, config.network, config.task,
-                                     corrections_only=held_out == "corrections")
+                                     corrections_only=held_out == "corrections", objects=config.object_filter)
     annotated_pixels = sum(int(item.targets.annotated.sum()) for item in items)
     if validation is not None:
         annotated_pixels += validation.annotated_pixels
