@@ -14,10 +14,11 @@ better. A re-segmentation below it made the view worse.
 
 Images: the generated ``large_blurry`` style (512 x 512, held-out seed) and real ones: the first images of
 the DSB 2018 validation split's fluorescence images (``bench/dsb2018.py``; order of the split) on which
-``nuclei`` merges nuclei, so that a correction has something to teach. Nothing here chooses anything.
+``nuclei`` merges nuclei, so that a correction has something to teach. Nothing here chooses anything; Live's
+settings are chosen with ``--split train`` (the train split's images, and no generated one).
 
-    xvfb-run -a python bench/live_first_gain.py [--data ../shared/data/dsb2018] [--real 2] [--corrections 5]
-                                                [--pace 10] [--timeout 120]
+    xvfb-run -a python bench/live_first_gain.py [--data ../shared/data/dsb2018] [--real 2] [--split train]
+                                                [--corrections 5] [--pace 10] [--timeout 120]
 
 Target (issue: train while annotating): under 30 s from the first corrected object to a better prediction on
 screen, on 2 CPU cores.
@@ -47,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(dsb2018.DEFAULT_FOLDER), help="the DSB 2018 folder")
     parser.add_argument("--real", type=int, default=2, help="how many real images (0: generated only)")
+    parser.add_argument("--split", choices=("validation", "train"), default="validation",
+                        help="the DSB images: the validation split reports (with the generated image); the train "
+                        "split is for choosing Live's settings (real images only)")
     parser.add_argument("--model", default="nuclei", help="the model Segment starts from (default nuclei)")
     parser.add_argument("--corrections", type=int, default=5, help="corrections made, one every --pace s")
     parser.add_argument("--pace", type=float, default=10.0, help="seconds between two corrections (default 10)")
@@ -93,19 +97,21 @@ def cases(args: argparse.Namespace, model: Any) -> list[tuple[str, np.ndarray, n
     from napari_unet import segment
     from napari_unet.synthetic import generate_nuclei
 
-    image, truth = generate_nuclei((512, 512), HELD_OUT["large_blurry"], seed=TEST_SEED)
-    found = [("generated large_blurry 512x512", image, truth)]
+    found = []
+    if args.split == "validation":  # the held-out style is a test set too: never used to choose anything
+        image, truth = generate_nuclei((512, 512), HELD_OUT["large_blurry"], seed=TEST_SEED)
+        found.append(("generated large_blurry 512x512", image, truth))
     if not args.real:
         return found
-    validation = [e for e in dsb2018.split(dsb2018.read_index(args.data))["validation"] if e.modality == "fluo"]
-    for entry in validation:
+    entries = [e for e in dsb2018.split(dsb2018.read_index(args.data))[args.split] if e.modality == "fluo"]
+    for entry in entries:
         image, truth = dsb2018.load(args.data, entry)
         if truth.max() < 10:
             continue
         error = worst_error(segment(image, model).labels, truth)
         if error is not None and error[1].startswith("merge"):
             found.append((f"DSB fluo {entry.id[:8]} {image.shape[0]}x{image.shape[1]}", image, truth))
-        if len(found) > args.real:
+        if len(found) >= args.real + (args.split == "validation"):
             break
     return found
 

@@ -20,8 +20,14 @@ matched only if it is one object through the stack), the mean over the stacks of
 found against the true count. Then the time of each model on one 64 x 256 x 256 stack (isotropic, default
 style) and, for the 2D model, the peak numpy memory of the 3D route on a smaller stack (``tracemalloc``).
 
+``--ceiling`` asks where a 2D model's 3D objects go wrong, on the isotropic stacks (Z step 1, so the route's
+probabilities lie on the stack's own voxels): the route's F1; the F1 its watershed would reach with one seed
+per true nucleus (the voxels at least half as deep in it as its deepest, as the route's cores are taken), over
+the route's own foreground (its objects). Where the second is much the higher, the seeds are what fails, not
+the extent of the objects or the watershed between them.
+
 Run ``python bench/stack3d.py [--models nuclei FOLDER_OF_A_3D_MODEL] [--size 96] [--seeds 2] [--threads N]
-[--skip-timing]``.
+[--skip-timing] [--ceiling]``.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import time
 import tracemalloc
 
 import numpy as np
+from scipy import ndimage
 
 from napari_unet.core.inference import segment
 from napari_unet.core.metrics import object_matching
@@ -81,6 +88,37 @@ def quality(model, size: int, seeds: int, methods: dict | None = None) -> list[d
     return rows
 
 
+def true_seeds(truth: np.ndarray) -> np.ndarray:
+    """One seed per true nucleus: its voxels at least half as far from its edge as its deepest voxel."""
+    seeds = np.zeros_like(truth)
+    for label, box in enumerate(ndimage.find_objects(truth), 1):
+        if box is None:
+            continue
+        inside = truth[box] == label
+        depth = ndimage.distance_transform_edt(inside)
+        seeds[box][inside & (depth >= depth.max() / 2)] = label
+    return seeds
+
+
+def ceiling(model, size: int, seeds: int) -> None:
+    """The route's 3D F1 and its F1 with true seeds, on isotropic stacks (see the module docstring)."""
+    from skimage.segmentation import watershed
+
+    for name, base in STYLES_3D.items():
+        style = dataclasses.replace(base, z_anisotropy=1.0)
+        route, seeded = [], []
+        for i in range(seeds):
+            image, truth = generate_nuclei((DEPTH_PX, size, size), style, seed=TEST_SEED + i)
+            result = segment(image, model, stack="3d", probabilities=True)
+            probabilities = np.asarray(result.probabilities, np.float32)
+            cores = true_seeds(truth)
+            grown = watershed(1.0 - probabilities[1], cores, mask=(result.labels > 0) | (cores > 0), connectivity=1)
+            route.append(object_matching(result.labels, truth, 0.5).f1)
+            seeded.append(object_matching(grown, truth, 0.5).f1)
+        print(f"{name:6} z step 1: 3D F1@0.5 {np.mean(route):.3f}, with one true seed per nucleus "
+              f"{np.mean(seeded):.3f}", flush=True)
+
+
 def timing_stack() -> np.ndarray:
     """The stack every model is timed on: 64 x 256 x 256, isotropic, default style."""
     image, _ = generate_nuclei((64, 256, 256), dataclasses.replace(STYLES["default"], z_anisotropy=1.0),
@@ -119,12 +157,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="test stacks per setting")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-timing", action="store_true", help="only the quality table")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only where a 2D model's 3D objects go wrong (see the module docstring)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     models = [load_model(name) for name in args.models]
+    if args.ceiling:
+        for model in models:
+            print(f"--- {model.config.name}", flush=True)
+            if model.config.network.spatial_dims == 2:
+                ceiling(model, args.size, args.seeds)
+            else:
+                print("a 3D model has no planes to read apart: --ceiling is for 2D models", flush=True)
+        return
     for model in models:
         print(f"--- {model.config.name}", flush=True)
         quality(model, args.size, args.seeds)
