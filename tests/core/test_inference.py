@@ -436,3 +436,44 @@ def test_the_api_says_what_model_and_cancel_take():
         hints = typing.get_type_hints(function)
         assert hints["model"] is Model
         assert set(typing.get_args(hints["cancel"])) >= {CancelToken, threading.Event, type(None)}
+
+
+def grid_of_blobs(shape=(200, 200), step=16, radius=5) -> np.ndarray:
+    """Many small bright blobs: more pieces, counted tile by tile, than a uint8 can number."""
+    rows, cols = np.indices(shape)
+    image = np.zeros(shape, np.float32)
+    for y in range(step // 2, shape[0], step):
+        for x in range(step // 2, shape[1], step):
+            image[(rows - y) ** 2 + (cols - x) ** 2 <= radius ** 2] = 1.0
+    return image
+
+
+def test_an_out_array_too_narrow_for_the_ids_is_refused_not_filled_with_wrapped_ids():
+    model, image = nuclei_model(), grid_of_blobs()
+    expected = segment(image, model, tile_shape=16, device="cpu")
+    assert expected.objects == 144  # the final count fits a uint8; the pieces met tile by tile do not
+    out = np.zeros(image.shape, np.uint8)
+    try:
+        result = segment(image, model, tile_shape=16, device="cpu", out=out)
+    except InvalidInputError as exc:
+        assert "int32" in str(exc) and not out.any(), "refused, with nothing left in the caller's array"
+    else:  # or, if it is accepted, the labels are the int32 ones
+        np.testing.assert_array_equal(result.labels, expected.labels)
+    with pytest.raises(InvalidInputError, match="int32"):  # a ValueError, as bad input is
+        segment(image, model, tile_shape=16, device="cpu", out=np.zeros(image.shape, np.int8))
+
+
+@pytest.mark.parametrize("tile", [64.0, np.float32(64.0), "64"])
+def test_a_tile_shape_that_is_not_whole_numbers_is_refused_clearly(tile):
+    with pytest.raises(InvalidInputError, match="tile_shape"):
+        segment(blobs(), nuclei_model(), tile_shape=tile, device="cpu")
+
+
+def test_nan_pixels_are_background_for_a_one_class_model_too():
+    model = random_model(task="semantic", classes=1)
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    image[5:10, 5:10] = np.nan
+    result = segment(image, model, device="cpu")
+    assert not result.labels[5:10, 5:10].any() and not result.probabilities[0, 5:10, 5:10].any()
+    constant = segment(np.zeros((32, 32), np.float32), model, device="cpu")
+    assert not constant.labels.any() and not constant.probabilities.any(), "P(foreground) 0 where labels are 0"

@@ -162,3 +162,90 @@ def test_the_estimate_takes_ids_of_any_size_and_sign():
     labels = discs((240, 240), 10).astype(np.int64) * (2**40)  # huge ids
     labels[0, :5] = -3  # negative values are not objects
     assert sizing.estimate_diameter(labels) == pytest.approx(20, rel=0.05)
+
+
+def test_objects_lost_on_the_way_back_to_the_image_grid_are_not_counted_and_ids_stay_1_to_n():
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        labels = discs(image.shape, 20)
+        labels[1, :80] = np.arange(10, 90)  # one-pixel objects side by side: half of them or more fall out
+        yield "progress"
+        return SimpleNamespace(labels=labels, probabilities=None, labels_axes="YX", messages=[], objects=89)
+
+    image = np.zeros((120, 120), np.float32)
+    result = run_to_end(sizing.segment_at_size(run, image, tiny_model(20), "YX", 10.0, {"probabilities": False}))
+    ids = np.unique(result.labels)
+    assert len(ids) <= 50, "the one-pixel objects fell between the image's pixels, half of them at least"
+    np.testing.assert_array_equal(ids, np.arange(len(ids)))
+    assert result.objects == len(ids) - 1
+
+
+def test_class_labels_keep_their_class_ids_on_the_way_back():
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        labels = np.where(discs(image.shape, 20) > 0, 2, 0)  # only class 2 present
+        yield "progress"
+        return SimpleNamespace(labels=labels, probabilities=None, labels_axes="YX", messages=[], objects=None)
+
+    model = tiny_model(20)
+    model.config.task, model.config.classes = "semantic", ("c0", "c1", "c2")
+    result = run_to_end(sizing.segment_at_size(run, np.zeros((120, 120), np.float32), model, "YX", 10.0,
+                                               {"probabilities": False}))
+    assert set(np.unique(result.labels)) == {0, 2} and result.objects is None
+
+
+def test_ids_that_do_not_fit_the_callers_array_are_refused():
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        rows, cols = np.indices(image.shape)
+        yield "progress"
+        return SimpleNamespace(labels=1 + rows // 8 * 30 + cols // 8, probabilities=None, labels_axes="YX",
+                               messages=[], objects=900)  # 900 squares of 8 x 8 px, 4 x 4 on the way back
+
+    out = np.zeros((120, 120), np.uint8)
+    with pytest.raises(InvalidInputError, match="int32"):
+        run_to_end(sizing.segment_at_size(run, np.zeros((120, 120), np.float32), tiny_model(20), "YX", 10.0,
+                                          {"probabilities": False, "out": out}))
+
+
+@pytest.mark.parametrize("keep_partial", [False, True])
+def test_a_cancel_during_the_second_pass_clears_what_the_first_wrote(keep_partial):
+    from napari_unet.core.errors import Cancelled
+
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        labels = discs(image.shape, 30 * image.shape[0] / 240)  # 60 px objects on the image's grid
+        yield "progress"
+        if options["out"] is None:  # the second pass, on the resampled image: the user cancels
+            raise Cancelled("cancelled by the user")
+        options["out"][...] = labels  # the engine writes into the caller's arrays as it goes
+        options["probabilities"][...] = 0.5
+        return SimpleNamespace(labels=options["out"], probabilities=options["probabilities"], labels_axes="YX",
+                               messages=[], objects=9)
+
+    out, probabilities = np.zeros((240, 240), np.int32), np.zeros((3, 240, 240), np.float32)
+    options = {"probabilities": probabilities, "out": out, "keep_partial": keep_partial}
+    with pytest.raises(Cancelled):
+        run_to_end(sizing.segment_at_size(run, np.zeros((240, 240), np.float32), tiny_model(20), "YX", None,
+                                          options))
+    assert out.any() == keep_partial and probabilities.any() == keep_partial
+
+
+def test_the_progress_callback_hears_why_the_second_pass_runs():
+    heard = []
+
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        options["progress"](1, 1, "tile 1 of 1")
+        yield "progress"
+        labels = discs(image.shape, 30 * image.shape[0] / 240)  # 60 px objects on the image's grid
+        return SimpleNamespace(labels=labels, probabilities=None, labels_axes="YX", messages=[], objects=9)
+
+    options = {"probabilities": False, "progress": lambda done, total, message: heard.append(message)}
+    run_to_end(sizing.segment_at_size(run, np.zeros((240, 240), np.float32), tiny_model(20), "YX", None, options))
+    assert heard[0] == "tile 1 of 1" and "segmenting again" in heard[1]

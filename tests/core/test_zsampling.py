@@ -66,3 +66,25 @@ def test_z_step_is_saved_with_the_model_and_checked() -> None:
     assert ModelConfig.from_dict({**config.to_dict(), "z_step": None}).z_step is None
     with pytest.raises(InvalidInputError, match="z_step must be a positive number"):
         tiny_3d(z_step=0)
+
+
+def test_class_labels_of_a_resampled_stack_keep_their_class_ids(stack) -> None:
+    model = tiny_3d(z_step=1.0)
+    model.config.task, model.config.classes = "semantic", ("c0", "c1", "c2")
+
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        labels = np.zeros(image.shape, np.int32)
+        labels[:, 8:16, 8:16] = 2  # only class 2 present
+        yield "progress"
+        return SimpleNamespace(labels=labels, probabilities=None, labels_axes="ZYX", messages=[], objects=None)
+
+    steps = zsampling.segment_on_model_grid(run, stack, model, "ZYX", scale=(3.0, 1.0, 1.0), probabilities=False)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert set(np.unique(result.labels)) == {0, 2} and result.objects is None

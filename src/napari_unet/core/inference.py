@@ -297,6 +297,12 @@ class _Run:
             yield self._event("constant plane: no objects", regions)
         return len(self.planes)
 
+    @property
+    def _background(self) -> float:
+        """The first channel's value for a background pixel: P(background) = 1, except for a model with one
+        output, whose only channel is P(foreground)."""
+        return 0.0 if self.net_config.out_channels == 1 else 1.0
+
     def _start_plane(self, p: int) -> None:
         self.current, self.plane_done = p, 0
         self.low = np.full(self.layout.channels, np.inf)
@@ -312,7 +318,7 @@ class _Run:
             self.saw_bad = True
             probs = probs.copy()
             probs[:, tile.bad[kept]] = 0.0
-            probs[0, tile.bad[kept]] = 1.0
+            probs[0, tile.bad[kept]] = self._background
         plane = self.planes[self.current]
         if self.probs is not None:
             self.layout.write(self.probs, plane, place, probs, leading=1)
@@ -329,7 +335,8 @@ class _Run:
             self.constant_planes += 1
             if self.probs is not None:
                 index = clear(self.probs, self.layout, self.planes[self.current], leading=1)
-                fill(self.probs, (0,) + index, 1.0)
+                if self._background:
+                    fill(self.probs, (0,) + index, self._background)
         self.current = -1
         return regions
 
@@ -441,7 +448,11 @@ def _check_count(name: str, value: Any, minimum: int) -> int | None:
 def _check_tile_shape(tile_shape: int | Sequence[int] | None, dims: int) -> tuple[int, ...] | None:
     if tile_shape is None:
         return None
-    sizes = (tile_shape,) * dims if isinstance(tile_shape, (int, np.integer)) else tuple(tile_shape)
+    try:
+        sizes = (tile_shape,) * dims if isinstance(tile_shape, (int, np.integer, float, np.floating)) \
+            else tuple(tile_shape)
+    except TypeError:
+        sizes = ()
     if len(sizes) != dims or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
                                      for s in sizes):
         raise InvalidInputError(f"tile_shape must be a positive int or {dims} of them (one per spatial axis of the "

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_unet.core.axes import Layout
+from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.tiling import TilePlan
 
 HALO = 16
@@ -134,6 +135,14 @@ def instance_labels(probabilities: np.ndarray, objects: ObjectFilter = ObjectFil
     return final[grown]
 
 
+def renumbered(labels: np.ndarray) -> np.ndarray:
+    """Labels numbered again 1..N (0 stays background), for the objects left after labels were resampled: an
+    object smaller than a pixel or a Z step of the grid they come back to may lie between its samples."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(labels.dtype if labels.dtype.kind in "iu" else np.int32)
+    return inverse if ids.size and ids[0] == 0 else inverse + 1
+
+
 def _elevation(probabilities: np.ndarray) -> np.ndarray:
     """Watershed landscape: low inside objects (high interior probability)."""
     return (1.0 - probabilities[1]).astype(np.float32)
@@ -189,6 +198,10 @@ class InstanceLabeller:
         first = self.size
         if first + n >= 2**31:
             raise OverflowError("more than 2**31 provisional objects; segment the image in parts")
+        if first + n - 1 > np.iinfo(np.dtype(self.labels.dtype)).max:  # they are written into the labels array
+            raise InvalidInputError(f"the labels dtype {self.labels.dtype} cannot hold the {first + n - 1} ids that "
+                                    "labelling uses on the way (objects are counted tile by tile before they are "
+                                    "joined); use int32")
         if first + n > len(self.parent):
             grown = np.arange(max(2 * len(self.parent), first + n), dtype=np.int64)
             grown[: self.size] = self.parent[: self.size]
@@ -329,7 +342,8 @@ class InstanceLabeller:
         lut = np.where(alive, final[parent], 0)
         self.count = len(roots)
         if self.count > np.iinfo(np.dtype(self.labels.dtype)).max:
-            raise OverflowError(f"{self.count} objects do not fit the labels dtype {self.labels.dtype}; use int32")
+            raise InvalidInputError(f"{self.count} objects do not fit the labels dtype {self.labels.dtype}; use "
+                                    "int32")
         lut = lut.astype(self.labels.dtype)
         for index in _chunks(self.labels):
             block = np.asarray(self.labels[index])

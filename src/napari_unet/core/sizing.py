@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from napari_unet.core.axes import infer_axes
 from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.postprocess import renumbered
 
 TOLERANCE = 1.15  # a given diameter within this factor of the trained one: no resampling
 MIN_OBJECTS = 5  # fewer objects say little about their typical size
@@ -103,13 +104,18 @@ def _check_diameter(diameter: Any) -> None:
                                 f"to estimate it), not {diameter!r}")
 
 
-def _resampled(result: Any, shape: tuple[int, ...], yx: tuple[int, int]) -> None:
-    """Bring the result's labels (nearest) and probabilities (linear) back to the image's Y and X sizes."""
+def _resampled(result: Any, shape: tuple[int, ...], yx: tuple[int, int], instance: bool) -> None:
+    """Bring the result's labels (nearest) and probabilities (linear) back to the image's Y and X sizes. Objects
+    smaller than the image's pixels on the way back can fall between them: instance ids are numbered 1..N
+    again, and the result counts the objects that are left."""
     labels = np.asarray(result.labels)
     zoom = [1.0] * labels.ndim
     ly, lx = result.labels_axes.index("Y"), result.labels_axes.index("X")
     zoom[ly], zoom[lx] = shape[yx[0]] / labels.shape[ly], shape[yx[1]] / labels.shape[lx]
     result.labels = ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
+    if instance:
+        result.labels = renumbered(result.labels)
+        result.objects = int(result.labels.max(initial=0))
     if result.probabilities is not None:
         probabilities = np.asarray(result.probabilities)
         result.probabilities = ndimage.zoom(probabilities, [1.0] + zoom, order=1, grid_mode=True, mode="nearest")
@@ -136,12 +142,18 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     if found is None:
         return result
     if small and labels.ndim == 2 and trained * AUTO_LARGER < found <= trained * MAX_FACTOR:
-        return (yield from _at_diameter(
-            run, image, model, axes, found, trained, options,
-            progress=f"objects about {found:.0f} px across: segmenting again at the model's size ({trained:.0f} px)",
-            note=f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's {trained:.0f} px: "
-                 f"segmented again with the image resampled by {trained / found:.2f}; pass diameter= to choose the "
-                 "size yourself"))
+        try:
+            return (yield from _at_diameter(
+                run, image, model, axes, found, trained, options,
+                progress=f"objects about {found:.0f} px across: segmenting again at the model's size "
+                         f"({trained:.0f} px)",
+                note=f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's {trained:.0f} "
+                     f"px: segmented again with the image resampled by {trained / found:.2f}; pass diameter= to "
+                     "choose the size yourself"))
+        except BaseException:  # the first pass filled the caller's arrays; a cancel leaves nothing, as documented
+            if not options.get("keep_partial"):
+                clear_callers_arrays(options)
+            raise
     result.messages.append(f"objects about {found:.0f} px across (the model was trained on {trained:.0f} px); "
                            "pass diameter= to resample the image to that size")
     return result
@@ -168,11 +180,14 @@ def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, mode
     zoom[yx[0]] = zoom[yx[1]] = factor
     resampled = ndimage.zoom(image.astype(np.float32, copy=False), zoom, order=1, grid_mode=True, mode="nearest")
     inner = dict(options, out=None, probabilities=options["probabilities"] is not False)
+    report = options.get("progress")
+    if progress is not None and report is not None:  # the caller's callback hears why this pass runs too
+        inner["progress"] = lambda done, total, message: report(done, total, progress)
     if options.get("scale") is not None:  # the resampled pixels are smaller in Y and X by the factor
         scale = list(options["scale"])
         inner["scale"] = scale[:-2] + [scale[-2] / factor, scale[-1] / factor]
     result = yield from without_previews(run(resampled, model, letters, **inner), progress)
-    _resampled(result, image.shape, yx)
+    _resampled(result, image.shape, yx, config.task == "instance")
     into_callers_arrays(result, options)
     result.messages.append(note or f"objects of {diameter:.0f} px resampled by {factor:.2f} to the model's "
                            f"{trained:.0f} px")
@@ -181,11 +196,25 @@ def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, mode
 
 def into_callers_arrays(result: Any, options: dict[str, Any]) -> None:
     """Copy a result computed on a resampled grid into the arrays the caller passed as ``out`` and
-    ``probabilities`` (zarr...), if any, and make them the result's."""
-    for name, target in (("labels", options.get("out")), ("probabilities", options["probabilities"])):
+    ``probabilities`` (zarr...), if any, and make them the result's. Ids that the ``out`` dtype cannot hold are
+    refused, as the engine refuses them, rather than wrapped around."""
+    out = options.get("out")
+    if out is not None:
+        largest = int(np.max(result.labels, initial=0))
+        if largest > np.iinfo(np.dtype(out.dtype)).max:
+            raise InvalidInputError(f"{largest} objects do not fit the labels dtype {out.dtype}; use int32")
+    for name, target in (("labels", out), ("probabilities", options["probabilities"])):
         if target is not None and not isinstance(target, bool):
             target[...] = getattr(result, name)
             setattr(result, name, target)
+
+
+def clear_callers_arrays(options: dict[str, Any]) -> None:
+    """Set the arrays the caller passed as ``out`` and ``probabilities`` back to zero (a run that failed or was
+    cancelled after an earlier pass filled them leaves nothing behind, unless ``keep_partial``)."""
+    for target in (options.get("out"), options.get("probabilities")):
+        if target is not None and not isinstance(target, bool):
+            target[...] = 0
 
 
 def without_previews(steps: Generator[Any, None, Any], message: str | None = None) -> Generator[Any, None, Any]:

@@ -20,6 +20,7 @@ from scipy import ndimage
 from napari_unet.core import sizing
 from napari_unet.core.axes import check_axes, infer_axes
 from napari_unet.core.errors import InvalidInputError
+from napari_unet.core.postprocess import renumbered
 
 
 def check_scale(scale: Sequence[float] | None, axes: str) -> dict[str, float]:
@@ -65,14 +66,6 @@ def resample_planes(array: np.ndarray, depth: int, axis: int = 0) -> np.ndarray:
     factors = [1.0] * array.ndim
     factors[axis] = depth / array.shape[axis]
     return ndimage.zoom(array.astype(np.float32), factors, order=1, mode="nearest", prefilter=False)
-
-
-def renumbered(labels: np.ndarray) -> np.ndarray:
-    """Labels numbered again 1..N (0 stays background), for the objects left after planes were dropped: an
-    object thinner than a Z step may lie between the stack's own planes."""
-    ids, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape).astype(labels.dtype if labels.dtype.kind in "iu" else np.int32)
-    return inverse if ids.size and ids[0] == 0 else inverse + 1
 
 
 def to_model_grid(image: np.ndarray, step: float, model_step: float = 1.0, axis: int = 0) -> np.ndarray:
@@ -123,8 +116,10 @@ def segment_on_model_grid(run: Callable[..., Generator[Any, None, Any]], image: 
     result = yield from sizing.without_previews(run(resampled, model, letters, **inner))
     planes = nearest_planes(depth, resampled.shape[z])
     lz = result.labels_axes.index("Z")
-    result.labels = renumbered(np.take(np.asarray(result.labels), planes, axis=lz))
-    result.objects = int(result.labels.max(initial=0))
+    result.labels = np.take(np.asarray(result.labels), planes, axis=lz)
+    if config.task == "instance":  # class ids stay as they are
+        result.labels = renumbered(result.labels)
+        result.objects = int(result.labels.max(initial=0))
     if result.probabilities is not None:
         result.probabilities = np.take(np.asarray(result.probabilities), planes, axis=lz + 1)
     sizing.into_callers_arrays(result, options)
