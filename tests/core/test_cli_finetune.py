@@ -94,6 +94,20 @@ def test_output_is_a_library_name_or_a_folder(files, tmp_path, capsys, monkeypat
     assert "not a valid model name" in capsys.readouterr().err
 
 
+def test_an_output_that_is_taken_is_refused_before_training(files, tmp_path, capsys, monkeypatch):
+    from napari_unet.core import training
+
+    monkeypatch.setattr(training, "finetune_steps", lambda *args, **kwargs: pytest.fail("trained"))
+    monkeypatch.chdir(tmp_path)
+    common = ["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),
+              "--steps", "1"]
+    assert main([*common, "--output", "nuclei"]) == 2  # the library model the run starts from
+    assert "already" in (err := capsys.readouterr().err) and "'nuclei-2'" in err
+    (tmp_path / "taken" / "config.json").parent.mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    assert main([*common, "--output", "./taken"]) == 2 and "already" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("seconds", ["0", "-5", "nan"])
 def test_a_bad_time_budget_names_the_flag(files, seconds, capsys):
     code = main(["finetune", "--model", "nuclei", "--image", str(files["image0"]), "--labels", str(files["labels0"]),

@@ -120,3 +120,11 @@ def test_a_save_clears_staging_folders_left_by_dead_processes_but_not_recent_one
     os.utime(stale, (old, old))
     save_model(base_model, "another")
     assert not stale.exists() and recent.is_dir()
+
+
+def test_a_model_from_a_folder_whose_name_is_no_library_name_still_saves_its_versions(base_model, tmp_path):
+    folder = save_model(base_model, tmp_path / "My nuclei (lab)")  # a folder anywhere may be named anyhow
+    version = save_version(tune(load_model(folder)))
+    assert version.name == "My-nuclei-lab-v2" and load_model(version.name).config.provenance["parent"]
+    assert save_version(tune(load_model(save_model(base_model, tmp_path / "Kerne über")))).name == "Kerne-ber-v2"
+    assert save_version(tune(load_model(save_model(base_model, tmp_path / "(( )).")))).name == "model-v2"

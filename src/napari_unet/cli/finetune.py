@@ -173,11 +173,21 @@ def run(args: argparse.Namespace) -> int:
 
 def _output(text: str | None) -> str | Path | None:
     """``--output`` as save_model takes it: a library name stays a str, anything path-like becomes a Path.
-    A name is checked before training, so a typo does not cost a whole run."""
-    from napari_unet.core.library import check_new_name
+    A name is checked before training, and so is whether a model is there already (models are never replaced),
+    so that neither a typo nor a taken name costs a whole run."""
+    from napari_unet.core.errors import ModelExistsError
+    from napari_unet.core.library import check_new_name, library_dir, unique_name
 
     if text is None:
         return None
     if any(sep in text for sep in "/\\") or text.startswith(("~", ".")):
-        return Path(text)
-    return check_new_name(text)
+        folder = Path(text).expanduser()
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ModelExistsError(f"{folder} already exists and is not empty; models are never replaced: give "
+                                   "--output a new folder")
+        return folder
+    name = check_new_name(text)
+    if (library_dir() / name).exists():
+        raise ModelExistsError(f"a model named '{name}' is already in the library; models are never replaced: "
+                               f"give --output another name, such as '{unique_name(name)}'")
+    return name

@@ -75,6 +75,13 @@ def check_name(name: str) -> str:
     return name
 
 
+def library_name(text: str) -> str:
+    """A valid model name made from ``text`` (a folder's name, say): runs of other characters become one ``-``,
+    and ends that are not letters or digits go; ``model`` when nothing is left. Valid names come back as they are."""
+    name = re.sub(r"[^A-Za-z0-9._@+-]+", "-", text).strip("._@+-")[:128].rstrip("._@+-") or "model"
+    return f"{name}-model" if _RESERVED.match(name) else name
+
+
 def check_new_name(name: str) -> str:
     """A valid name that does not belong to a bundled model: a library model of that name would hide it."""
     check_name(name)

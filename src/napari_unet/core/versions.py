@@ -33,6 +33,7 @@ from napari_unet.core.library import (
     CONFIG_FILE,
     check_name,
     library_dir,
+    library_name,
     list_models,
     read_config_json,
     rename_model,
@@ -83,7 +84,8 @@ def save_version(tuned: Model, base_name: str | None = None) -> Path:
     return the folder. Existing models are never replaced: a name taken meanwhile moves on to the next."""
     from napari_unet.core.models import save_model
 
-    base = base_name or version_base(tuned.config.provenance.get("parent") or tuned.name or "model")
+    # a model read from a folder anywhere may have a name no library model can have: its family takes a valid one
+    base = base_name or library_name(version_base(tuned.config.provenance.get("parent") or tuned.name or "model"))
     for _ in range(100):
         try:
             return save_model(tuned, next_version_name(base))
