@@ -151,11 +151,29 @@ def test_the_object_size_is_saved_with_the_model(tmp_path):
 def test_fine_tuning_records_the_size_of_the_annotated_objects():
     from napari_unet.core.training_data import Sample, prepare_data
 
-    labels = discs((240, 240), 20)  # objects of 40 px
+    labels = discs((240, 240), 13)  # objects of 26 px, within 1.5 times the model's 20 px
     image = (labels > 0).astype(np.float32) * 100 + 10
     data = prepare_data(tiny_model(20), [Sample(image, labels)], None, 0.0, 10.0, 5.0)
-    assert data.object_sizes == [pytest.approx(40, rel=0.05)]
+    assert data.object_sizes == [pytest.approx(26, rel=0.05)]
     assert data.items[0].targets.annotated.sum() == 240 * 240, "trained at the image's own scale, as segmented"
+
+
+def test_fine_tuning_sees_large_objects_at_the_scale_segment_will_show_them():
+    from napari_unet.core.training_data import Sample, prepare_data
+
+    labels = discs((240, 240), 30)  # objects of 60 px: segment(diameter=None) goes again at a third of the size
+    image = (labels > 0).astype(np.float32) * 100 + 10
+    prediction = np.where(labels == 5, 0, labels)  # the model missed one; the user painted it
+    data = prepare_data(tiny_model(20), [Sample(image, labels, prediction=prediction)], None, 0.0, 10.0, 5.0)
+    item = data.items[0]
+    assert item.image.shape == (1, 80, 80) and item.targets.annotated.shape == (80, 80)
+    assert data.object_sizes == [pytest.approx(60, rel=0.05)], "the size recorded is the annotated one"
+    assert 0.8 * (np.pi * 10 ** 2) < item.targets.corrected.sum() < 1.2 * (np.pi * 10 ** 2 + 2 * np.pi * 10 * 2)
+    (kept_labels, _, _), = data.annotations
+    assert kept_labels.shape == (240, 240), "the snapshot keeps the user's labels as they are"
+    stack = prepare_data(tiny_model(20), [Sample(np.stack([image] * 2), np.stack([labels] * 2), axes="ZYX")],
+                         None, 0.0, 10.0, 5.0)
+    assert stack.items[0].image.shape == (1, 240, 240), "stacks are segmented at their own scale, so trained so"
 
 
 def test_the_estimate_takes_ids_of_any_size_and_sign():

@@ -233,6 +233,27 @@ def without_previews(steps: Generator[Any, None, Any], message: str | None = Non
         yield event
 
 
+def training_factor(labels: np.ndarray, annotated: np.ndarray, config: Any) -> float:
+    """The factor by which fine-tuning resamples a 2D sample in Y and X: the one ``segment(diameter=None)``
+    applies to an image whose objects are like the annotated ones (its second pass), else 1.0. A model is tuned
+    on what it will be shown: tuned at the image's own scale on objects that segment shrinks to the model's
+    size, it would learn a scale it never sees, and unlearn the one it does."""
+    trained = model_diameter(config)
+    if trained is None or labels.ndim != 2:  # stacks and time-lapses are segmented at their own scale
+        return 1.0
+    found = typical_diameter(np.where(annotated, labels, 0))
+    if found is None or not trained * AUTO_LARGER < found <= trained * MAX_FACTOR:
+        return 1.0
+    return _factor(trained, found)
+
+
+def resample_yx(array: np.ndarray, factor: float, order: int) -> np.ndarray:
+    """``array`` zoomed by ``factor`` in its last two axes (Y and X) as segment resamples images (``order=1``)
+    and labels or masks (``order=0``)."""
+    zoom = [1.0] * (array.ndim - 2) + [factor, factor]
+    return ndimage.zoom(array, zoom, order=order, grid_mode=True, mode="nearest")
+
+
 def annotated_diameter(labels: np.ndarray, annotated: np.ndarray) -> float | None:
     """The median equivalent diameter of the annotated objects of a training sample (None if too few)."""
     return estimate_diameter(np.where(annotated, labels, 0))

@@ -193,8 +193,9 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
     annotations.append((arrays.labels, annotated, arrays.axes))
     found = sizing.annotated_diameter(arrays.labels, annotated) if config.task == "instance" else None
     sizes.append(round(found, 1) if found else None)
+    factor = sizing.training_factor(arrays.labels, annotated, config) if found and dims == 2 else 1.0
     stats = config.normalization.statistics(arrays.image)
-    digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}".encode())
+    digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}:{factor:.4f}".encode())
     items = []
     for plane in np.ndindex(arrays.labels.shape[: arrays.labels.ndim - dims]):
         plane_annotated = annotated[plane]
@@ -204,13 +205,17 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
         labels = arrays.labels[plane]
         for part in (raw, np.where(plane_annotated, labels, 0), plane_annotated):
             digest.update(np.ascontiguousarray(part).tobytes())
+        predicted = None if arrays.prediction is None else arrays.prediction[plane]
+        if factor != 1.0:  # large objects: at the scale segment shows them to the model (sizing.training_factor)
+            raw, labels = sizing.resample_yx(raw.astype(np.float32), factor, 1), sizing.resample_yx(labels, factor, 0)
+            plane_annotated = sizing.resample_yx(plane_annotated, factor, 0)
+            predicted = None if predicted is None else sizing.resample_yx(predicted, factor, 0)
         image = config.normalization.apply(raw, stats)
         if config.task == "instance":
             targets = instance_targets(labels, plane_annotated, w0, sigma)
         else:
             targets = semantic_targets(labels, plane_annotated, len(config.classes))
-        if arrays.prediction is not None:
-            predicted = arrays.prediction[plane]
+        if predicted is not None:
             if weighted:
                 digest.update(b"prediction" + np.where(plane_annotated, predicted, 0).tobytes())
             targets.corrected = changed_pixels(labels, predicted, plane_annotated, config.task)
