@@ -316,6 +316,18 @@ def test_the_validation_block_is_taken_out_of_the_training_loss():
     assert block.input.shape[0] == 1 and all(n >= s + 32 for n, s in zip(block.input.shape[1:], block.classes.shape))
 
 
+def test_the_planes_of_a_stack_do_not_train_where_one_of_them_is_held_out():
+    from napari_unet.core.training_data import prepare_data
+
+    image, labels = generate_nuclei((12, 96, 96), "dense", seed=3)  # neighbouring planes are near copies
+    data = prepare_data(tiny_model(), [Sample(image, labels, axes="ZYX")], 48, 0.2, 10.0, 5.0)
+    assert len(data.items) == 12 and data.validation is not None
+    training = np.array([item.targets.annotated for item in data.items])
+    held = ~training.all(axis=0)  # the YX pixels some plane holds out
+    assert held.any() and not training[:, held].any(), "no plane of the stack trains where another is judged"
+    assert training.any(axis=(1, 2)).all(), "every plane still trains elsewhere"
+
+
 def test_finetune_spells_out_the_options_of_finetune_steps():
     import inspect
 

@@ -4,7 +4,8 @@ A user's annotations are few, so the split takes only what it needs: when there 
 a compact block in a corner of the annotated area of up to eight items (about ``fraction`` of their
 annotation, at most a few patches' worth) is taken out of the training loss. A spatial block rather than
 scattered pixels, because neighbouring pixels are nearly copies of each other: scattered hold-out pixels would
-measure memorisation, not generalisation.
+measure memorisation, not generalisation. For the same reason, where a 2D model trains on a stack plane by plane,
+its other planes (or frames) do not train where one of them is held out: neighbouring planes are near copies.
 
 Each block is evaluated as inference sees an image: the network reads the block with context around it (the
 halo of a valid-padding network, or a margin for same padding) and the output is cropped to the block.
@@ -84,9 +85,12 @@ def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig,
     blocks = []
     for index, (box, _) in boxes.items():
         blocks.append(_block(items[index], box, network, corrections_only))
-        targets = items[index].targets
-        targets.annotated[box] = False
-        targets.weights[box] = 0.0
+        # the other planes (or frames) of the same sample are near copies there: they do not train there either
+        for item in items:
+            if item is items[index] or (item.sample_index == items[index].sample_index
+                                        and item.targets.annotated.shape == items[index].targets.annotated.shape):
+                item.targets.annotated[box] = False
+                item.targets.weights[box] = 0.0
     return Validation(blocks, task, total, objects)
 
 
