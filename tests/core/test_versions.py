@@ -128,3 +128,13 @@ def test_a_model_from_a_folder_whose_name_is_no_library_name_still_saves_its_ver
     assert version.name == "My-nuclei-lab-v2" and load_model(version.name).config.provenance["parent"]
     assert save_version(tune(load_model(save_model(base_model, tmp_path / "Kerne über")))).name == "Kerne-ber-v2"
     assert save_version(tune(load_model(save_model(base_model, tmp_path / "(( )).")))).name == "model-v2"
+
+
+def test_a_loaded_model_saved_again_keeps_the_annotations_it_was_trained_on(base_model):
+    first = save_version(tune(base_model))
+    copy = save_model(load_model(first.name), "copy")
+    assert sorted(p.name for p in copy.iterdir()) == ["annotations.npz", "config.json", "weights.safetensors"]
+    (labels, _, _), = read_annotations(load_model("copy"))
+    assert labels.max() == 2
+    save_model(load_model("copy"), "copy", overwrite=True)  # over itself
+    assert len(read_annotations(load_model("copy"))) == 1

@@ -21,6 +21,7 @@ from napari_unet.core.errors import ModelExistsError, ModelFileError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+ANNOTATIONS_FILE = "annotations.npz"  # the annotations a fine-tuned model was trained on, beside its weights
 MAX_CONFIG_BYTES = 16 * 2**20
 STALE_STAGING_S = 3600.0  # a save's hidden staging folder older than this was left by a process that died
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")

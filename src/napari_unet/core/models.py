@@ -26,6 +26,7 @@ import torch
 from napari_unet import __version__
 from napari_unet.core.errors import InvalidInputError, ModelExistsError, ModelFileError
 from napari_unet.core.library import (
+    ANNOTATIONS_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
     library_dir,
@@ -364,6 +365,7 @@ def save_model(model: Model, name_or_path: str | os.PathLike, overwrite: bool = 
         os.chmod(staging / WEIGHTS_FILE, (staging / CONFIG_FILE).stat().st_mode & 0o777)
         for name, data in model.attachments.items():
             (staging / Path(name).name).write_bytes(data)
+        _carry_extra_files(model, staging)
         _fsync_folder(staging)
         _move_into_place(staging, folder)
     except BaseException:
@@ -372,6 +374,14 @@ def save_model(model: Model, name_or_path: str | os.PathLike, overwrite: bool = 
     model.config = config
     model.path = folder
     return folder
+
+
+def _carry_extra_files(model: Model, staging: Path) -> None:
+    """Copy the annotations a model was trained on from the folder it was loaded from, unless it holds its own:
+    a model saved again, under a new name or over itself, keeps them."""
+    source = None if model.path is None else Path(model.path) / ANNOTATIONS_FILE
+    if source is not None and source.is_file() and not (staging / ANNOTATIONS_FILE).exists():
+        shutil.copyfile(source, staging / ANNOTATIONS_FILE)
 
 
 def _library_root() -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 from napari_unet import __version__
 from napari_unet.core.errors import ModelExistsError, ModelFileError
 from napari_unet.core.library import (
+    ANNOTATIONS_FILE,
     CONFIG_FILE,
     check_name,
     library_dir,
@@ -44,7 +45,6 @@ from napari_unet.core.library import (
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.models import Model
 
-ANNOTATIONS_FILE = "annotations.npz"
 _VERSION = re.compile(r"^(?P<base>.+)-v(?P<number>\d+)$")
 
 
