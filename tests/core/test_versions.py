@@ -138,3 +138,14 @@ def test_a_loaded_model_saved_again_keeps_the_annotations_it_was_trained_on(base
     assert labels.max() == 2
     save_model(load_model("copy"), "copy", overwrite=True)  # over itself
     assert len(read_annotations(load_model("copy"))) == 1
+
+
+def test_a_model_whose_overwrite_died_between_its_two_renames_comes_back(base_model):
+    save_model(base_model, "mine")
+    aside = library_dir() / ".mine.replaced-999999999"  # no such process: it died with the new model unsaved
+    os.rename(library_dir() / "mine", aside)
+    assert "mine" in [info.name for info in list_models()] and load_model("mine").config.description == "tiny"
+    assert not aside.exists()
+    busy = library_dir() / f".other.replaced-{os.getpid()}"  # a live process between its renames: left alone
+    os.rename(save_model(base_model, "other"), busy)
+    assert "other" not in [info.name for info in list_models()] and busy.is_dir()

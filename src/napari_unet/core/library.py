@@ -104,6 +104,8 @@ def list_models() -> list[ModelInfo]:
     for source, root in (("bundled", bundled_dir()), ("library", library_dir())):
         if not root.is_dir():
             continue
+        if source == "library":
+            restore_replaced(root)
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             info = read_info(folder, source)
             if info is not None:
@@ -165,6 +167,8 @@ def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
         raise ModelFileError(f"{path} is a file; a napari-unet model is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
     if os.sep in text or (os.altsep and os.altsep in text):
         raise ModelFileError(f"no model folder at {path}")
+    if library_dir().is_dir():
+        restore_replaced(library_dir())
     for root in (library_dir(), bundled_dir()):
         candidate = root / text
         if _is_model_folder(candidate):
@@ -198,6 +202,34 @@ def staging_folder(target: Path, parent: Path | None = None) -> Path:
             return folder
         except FileExistsError:
             continue
+
+
+def restore_replaced(parent: Path) -> None:
+    """Put back the models in ``parent`` whose overwrite died half-way: saving over a model moves the old folder
+    aside (``.NAME.replaced-PID``) and then renames the new one into place, so a process killed between the two
+    renames leaves no ``NAME``. A folder set aside by a process that is gone, with nothing in its place, is
+    renamed back; one whose process still runs is left to it."""
+    for folder in parent.glob(".*.replaced-*"):
+        name, _, pid = folder.name[1:].rpartition(".replaced-")
+        if not name or not pid.isdigit() or (parent / name).exists() or _process_alive(int(pid)):
+            continue
+        try:
+            os.rename(folder, parent / name)
+        except OSError:  # restored by someone else meanwhile, or not ours to rename
+            continue
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run (POSIX; on Windows signal 0 is Ctrl+C, so it is never asked)."""
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or a number the system cannot check: leave its folder alone
+    return True
 
 
 def _remove_stale_staging(parent: Path) -> None:
