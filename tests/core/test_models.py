@@ -174,7 +174,9 @@ def test_nan_weights_are_refused(saved):
 
 
 @pytest.mark.parametrize("text, match", [("{not json", "not valid JSON"), ("[1, 2]", "JSON list"),
-                                         ('{"format": "other"}', "not a napari-unet model config")])
+                                         ('{"format": "other"}', "not a napari-unet model config"),
+                                         ('{"format": "napari-unet-model", "format_version": "1"}', "format_version"),
+                                         ('{"format": "napari-unet-model", "format_version": null}', "format_version")])
 def test_damaged_config_is_refused(saved, text, match):
     _, folder = saved
     (folder / "config.json").write_text(text)

@@ -239,6 +239,7 @@ def test_bad_input_is_refused_with_a_helpful_message(sample, model, message):
     "options, message",
     [
         ({"steps": None, "time_budget_s": None}, "time budget"),
+        ({"steps": 1, "time_budget_s": float("inf")}, "time_budget_s"),
         ({"steps": 0}, "steps"),
         ({"steps": 1, "batch_size": 0}, "batch_size"),
         ({"steps": 1, "validation_fraction": 0.9}, "validation"),

@@ -116,7 +116,10 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         if data.get("format") != FORMAT:
             raise InvalidInputError(f"not a napari-unet model config (format is {data.get('format')!r})")
-        if data.get("format_version", 0) > FORMAT_VERSION:
+        version = data.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InvalidInputError(f"format_version must be a whole number, not {version!r}: the config is damaged")
+        if version > FORMAT_VERSION:
             raise InvalidInputError(
                 f"model format version {data.get('format_version')} is newer than this napari-unet "
                 f"({__version__}) understands; update napari-unet"

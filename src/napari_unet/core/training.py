@@ -283,8 +283,9 @@ def _check_options(time_budget_s: float | None, steps: int | None, batch_size: i
                    validation_fraction: float, validations: int, on_cancel: str) -> None:
     if time_budget_s is None and steps is None:
         raise InvalidInputError("give a time budget (time_budget_s) or a number of steps, or both")
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise InvalidInputError(f"time_budget_s must be positive seconds, not {time_budget_s!r}")
+    if time_budget_s is not None and not 0 < time_budget_s < math.inf:
+        raise InvalidInputError(f"time_budget_s must be positive, finite seconds (None for no limit), not "
+                                f"{time_budget_s!r}")
     if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
         raise InvalidInputError(f"steps must be a positive whole number, not {steps!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
