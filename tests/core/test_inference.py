@@ -477,3 +477,10 @@ def test_nan_pixels_are_background_for_a_one_class_model_too():
     assert not result.labels[5:10, 5:10].any() and not result.probabilities[0, 5:10, 5:10].any()
     constant = segment(np.zeros((32, 32), np.float32), model, device="cpu")
     assert not constant.labels.any() and not constant.probabilities.any(), "P(foreground) 0 where labels are 0"
+
+
+@pytest.mark.parametrize("options, word", [({"cancel": "yes"}, "cancel"), ({"progress": 5}, "progress"),
+                                           ({"diameter": True}, "diameter")])
+def test_options_of_the_wrong_kind_are_refused_before_anything_runs(options, word):
+    with pytest.raises(InvalidInputError, match=word):
+        segment(blobs(), nuclei_model(), device="cpu", **options)

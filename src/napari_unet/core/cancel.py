@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Union
 
-from napari_unet.core.errors import Cancelled
+from napari_unet.core.errors import Cancelled, InvalidInputError
 
 
 class CancelToken:
@@ -44,7 +44,8 @@ def is_cancelled(token: CancelLike) -> bool:
         return token.is_set()
     if callable(token):
         return bool(token())
-    raise TypeError(f"cancel must be a CancelToken, threading.Event or callable, not {type(token).__name__}")
+    raise InvalidInputError(f"cancel must be a CancelToken, threading.Event or callable, not "
+                            f"{type(token).__name__}")
 
 
 def raise_if_cancelled(token: CancelLike) -> None:

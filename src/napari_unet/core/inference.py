@@ -27,7 +27,7 @@ import torch
 
 from napari_unet.core import sizing, zsampling
 from napari_unet.core.axes import Layout, resolve_axes
-from napari_unet.core.cancel import CancelLike, raise_if_cancelled
+from napari_unet.core.cancel import CancelLike, is_cancelled, raise_if_cancelled
 from napari_unet.core.colour import grey_for_model
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import InvalidInputError
@@ -142,6 +142,10 @@ def segment_steps(image: Any, model: Model, axes: str | None = None, device: str
         objects are more than 1.5 times the model's size, segments again at that size; the result's messages
         say what was found.
     """
+    if progress is not None and not callable(progress):
+        raise InvalidInputError(f"progress must be a function called as progress(done, total, message), not "
+                                f"{progress!r}")
+    is_cancelled(cancel)  # a cancel of the wrong kind is refused now, not at the first tile
     options = {"device": device, "tile_shape": tile_shape, "overlap": overlap, "batch_size": batch_size,
                "progress": progress, "cancel": cancel, "out": out, "tta": tta, "precision": precision,
                "probabilities": probabilities, "keep_partial": keep_partial, "scale": scale, "stack": stack}

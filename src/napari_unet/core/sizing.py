@@ -98,8 +98,8 @@ def fits_in_memory(image: Any) -> bool:
 
 
 def _check_diameter(diameter: Any) -> None:
-    if not isinstance(diameter, (int, float, np.integer, np.floating)) or not math.isfinite(diameter) \
-            or diameter <= 0:
+    if isinstance(diameter, bool) or not isinstance(diameter, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(diameter) or diameter <= 0:
         raise InvalidInputError(f"diameter is the typical object diameter in pixels, a positive number (or None "
                                 f"to estimate it), not {diameter!r}")
 
