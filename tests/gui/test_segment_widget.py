@@ -107,6 +107,26 @@ def test_cancel_stops_within_a_batch_and_marks_the_layer_partial(qtbot, viewer, 
     assert segment_widget.run_button.text() == "Segment" and segment_widget.run_button.isEnabled()
 
 
+def test_the_labels_cannot_be_painted_while_segment_writes_them(qtbot, viewer, segment_widget, slow_core, nuclei):
+    viewer.add_image(np.tile(nuclei[0], (3, 3)), name="cells")
+    segment_widget.tile_spin.setValue(96)
+    segment_widget.batch_spin.setValue(1)
+    with qtbot.waitSignal(segment_widget.run_finished, timeout=60_000):
+        segment_widget.run_button.click()
+        qtbot.waitUntil(lambda: "cells labels" in viewer.layers and slow_core["events"] >= 2, timeout=30_000)
+        assert not viewer.layers["cells labels"].editable, "a stroke now would be overwritten by the next tiles"
+    assert viewer.layers["cells labels"].editable, "the finished labels are the user's to correct"
+
+
+def test_a_reused_output_takes_the_images_scale_and_position(viewer, segment_widget, nuclei, run_segment):
+    viewer.add_image(nuclei[0], name="cells")
+    run_segment(segment_widget)
+    viewer.layers["cells"].scale, viewer.layers["cells"].translate = (0.5, 0.5), (100, 100)
+    run_segment(segment_widget)
+    output = viewer.layers["cells labels"]
+    assert tuple(output.scale) == (0.5, 0.5) and tuple(output.translate) == (100, 100)
+
+
 def test_closing_the_widget_mid_run_cancels_the_run(qtbot, viewer, segment_widget, slow_core, nuclei):
     viewer.add_image(np.tile(nuclei[0], (3, 3)), name="cells")
     segment_widget.tile_spin.setValue(96)

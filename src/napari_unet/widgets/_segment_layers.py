@@ -29,6 +29,8 @@ def output_layer(viewer: Any, source: Any, axes: str, shape: tuple[int, ...], sc
             layer.data[scope.output_index] = 0
         layer.metadata["napari_unet"].update(model=model_name, partial=False)
         layer.name = f"{source.name} labels"
+        for key, value in geometry_kwargs(source, axes).items():  # the image may have moved or been rescaled
+            setattr(layer, key, value)
         layer.refresh()
         return layer, False
     data = _scratch.create(out_shape, np.int32) if lazy else np.zeros(out_shape, dtype=OUTPUT_DTYPE)

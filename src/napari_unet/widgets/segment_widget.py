@@ -14,6 +14,7 @@ run fills, and how a stopped one is marked, is :mod:`._segment_layers`.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ class _Run:
     scratch: list[str] = field(default_factory=list)  # the zarr folders this run writes into
     worker: Any = None
     written: bool = False
+    editable: bool = True  # the output's editability before the run locked it (tiles would overwrite strokes)
+    unlock: Any = None  # gives the output its editability back
     ended: bool = False  # the outcome arrived: later progress events are stale
     stop_reason: str = ""
     started: float = field(default_factory=time.perf_counter)
@@ -313,7 +316,10 @@ class SegmentWidget(QWidget):
         token = CancelToken()
         progress = RunProgress(f"Segmenting {layer.name}", cancel_callback=lambda: self.cancel("cancelled"))
         run = _Run(layer, output, created, scope, token, progress, LiveLabels(output, self),
-                   self.probabilities_check.isChecked(), lazy)
+                   self.probabilities_check.isChecked(), lazy, editable=output.editable)
+        output.editable = False  # until the run ends: a stroke painted now would be overwritten by later tiles
+        run.unlock = functools.partial(setattr, output, "editable", run.editable)
+        self.destroyed.connect(run.unlock)  # a dock closed mid-run never sees the end: the layer is unlocked then
         self._run = run
         options = {
             "axes": scope.axes,
@@ -449,6 +455,10 @@ class SegmentWidget(QWidget):
         for folder in run.scratch:
             _scratch.release(folder, self.viewer.layers)
         run.scratch = []
+        if run.unlock is not None:
+            run.unlock()
+            self.destroyed.disconnect(run.unlock)
+            run.unlock = None
         if run.output in self.viewer.layers:
             run.output.refresh(data_displayed=False, highlight=False, extent=False)  # the layer list thumbnail
         if self._run is run:
