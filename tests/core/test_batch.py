@@ -102,10 +102,10 @@ def _arm_crash() -> None:
     """Make this worker process die the next time it would rename a finished output into place."""
     from napari_unet.batch import outputs as remote
 
-    def crash(temporary, target):
+    def crash(temporary, target, replace_folder=False):
         os._exit(1)
 
-    remote._commit = crash
+    remote.commit = crash
 
 
 def _arm_one_worker(client) -> str:
@@ -302,3 +302,19 @@ def test_importing_the_module_loads_neither_torch_nor_distributed():
 def test_outputs_that_would_collide_are_refused(tmp_path):
     with pytest.raises(ValueError, match="would both write"):
         _plan_outputs([tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif"], tmp_path / "out", ".tif")
+
+
+def test_an_old_output_set_aside_comes_back_if_the_new_one_fails_and_goes_once_it_is_made(tmp_path):
+    from napari_unet.batch.outputs import set_aside
+
+    target = tmp_path / "labels.zarr"
+    target.mkdir()
+    (target / "old").write_text("the last run's labels")
+    with pytest.raises(RuntimeError), set_aside(target):
+        assert not target.exists()
+        raise RuntimeError("the cluster went away")
+    assert (target / "old").read_text() == "the last run's labels"
+    with set_aside(target):
+        target.mkdir()
+        (target / "new").write_text("this run's labels")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["labels.zarr", "new"]

@@ -77,6 +77,19 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, model, image, caps
     assert tifffile.imread(target).shape == (40, 52)
 
 
+@pytest.mark.parametrize("name", ["labels.tif", "labels.zarr"])
+def test_an_overwrite_that_fails_keeps_the_old_output(tmp_path, model, image, capsys, name):
+    source = tmp_path / "image.tif"
+    tifffile.imwrite(source, image[0])
+    target = tmp_path / name
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "-q"]) == 0
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["segment", str(source), "-o", str(target), "--model", "tiny", "-q", "--overwrite",
+                 "--scale", "-1", "1"]) == 2  # a user error found only once segmenting starts
+    assert "scale" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "the old output stays, and nothing else is left"
+
+
 @pytest.mark.parametrize("args, words", [
     (["--model", "tiny", "--axes", "CYX"], "input channel"),
     (["--model", "tiny", "--tile", "8", "9", "10"], "tile_shape"),

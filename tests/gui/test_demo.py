@@ -66,3 +66,10 @@ def test_demo_without_napari_says_how_to_install_it(tiny_model, monkeypatch, cap
     assert main(["demo", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "napari is not installed" in err and "pip install" in err, err
+
+
+def test_demo_refuses_a_screenshot_into_a_missing_folder_before_opening_anything(tiny_model, tmp_path, capsys):
+    from napari_unet.cli import main
+
+    assert main(["demo", "--model", "tiny", "--screenshot", str(tmp_path / "missing" / "demo.png")]) == 2
+    assert "missing" in (err := capsys.readouterr().err) and "folder" in err, err

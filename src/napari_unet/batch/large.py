@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.batch.cluster import ProgressCallback, _session, dashboard_link, require_distributed
-from napari_unet.batch.outputs import _ZARR_CHUNK, _commit, _partial_name, _remove
+from napari_unet.batch.outputs import ZARR_CHUNK, commit, partial_name, remove
 from napari_unet.batch.tiles import _Job, _label, _run_tiles
 from napari_unet.batch.worker_models import ModelRef, _model_ref
 from napari_unet.core.errors import InvalidInputError
@@ -177,14 +177,14 @@ class _LabelsOutput:
 
     def commit(self) -> None:
         if self.target is not None:
-            _commit(self.temporary, self.target)
+            commit(self.temporary, self.target)
             import zarr
 
             self.array = zarr.open_array(str(self.target), mode="r+")
 
     def discard(self) -> None:
         if self.temporary is not None:
-            _remove(self.temporary)
+            remove(self.temporary)
 
     def result(self) -> Any:
         return self.array
@@ -203,8 +203,8 @@ def _labels_output(out: Any, layout: Any) -> _LabelsOutput:
         raise InvalidInputError(f"{target} exists; remove it or choose another name")
     import zarr
 
-    temporary = _partial_name(target)
+    temporary = partial_name(target)
     shape = layout.output_shape
-    chunks = tuple(min(n, _ZARR_CHUNK) if i >= len(shape) - 2 else 1 for i, n in enumerate(shape))
+    chunks = tuple(min(n, ZARR_CHUNK) if i >= len(shape) - 2 else 1 for i, n in enumerate(shape))
     array = zarr.open_array(str(temporary), mode="w-", shape=shape, chunks=chunks, dtype="int32")
     return _LabelsOutput(array, target, temporary)

@@ -13,6 +13,7 @@ import argparse
 import glob
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +123,15 @@ def _run_large(args: argparse.Namespace) -> int:
     if args.diameter is not None:
         raise InvalidInputError("--diameter resamples the whole image in memory; on a cluster segment at the "
                                 "image's own scale, or resample the image first")
-    if args.overwrite and Path(args.output).exists():
-        import shutil
+    from napari_unet.batch.outputs import set_aside
 
-        shutil.rmtree(args.output)
     client = _client(args)
-    try:
+    try:  # an old output (--overwrite) is set aside while the new one is made, and comes back if that fails
         _say_dashboard(client, args.quiet)
-        result = batch.segment_large(str(args.input), args.model, args.output, client=client, trust=args.trust,
-                                     progress=None if args.quiet else ProgressBar("tile groups"), **_options(args))
+        with set_aside(Path(args.output)) if args.overwrite else nullcontext():
+            result = batch.segment_large(str(args.input), args.model, args.output, client=client,
+                                         trust=args.trust, progress=None if args.quiet else ProgressBar("tile groups"),
+                                         **_options(args))
     finally:
         _close(client, args)
     if not args.quiet:

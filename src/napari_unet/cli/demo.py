@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, Iterator
 from unittest import mock
 
@@ -82,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("the demo opens napari, and napari is not installed. Install it with the "
                                 "plugin: pip install \"napari[all]\" (or, in a clone of napari-unet, "
                                 "pip install -e \".[all]\")") from None
+    if args.screenshot:  # checked now: a picture that cannot be saved would leave the window open
+        folder = Path(args.screenshot).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise InvalidInputError(f"--screenshot: the folder {folder} does not exist or cannot be written to")
     check_display()
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
@@ -158,9 +163,14 @@ def _screenshot(napari: Any, viewer: Any, segment: Any, finetune: Any, image: An
         outcome.update(status=status, finished=True)
         segment.cancel("the demo timed out")  # no-ops unless a run is still going
         finetune.stop()
-        viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
-        print(f"napari-unet demo: {status}; saved {args.screenshot}", file=sys.stderr)
-        viewer.close()
+        try:
+            viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
+            print(f"napari-unet demo: {status}; saved {args.screenshot}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # the window closes all the same, so the command ends
+            outcome["status"] = "failed"
+            print(f"napari-unet demo: {status}, but the picture was not saved: {exc}", file=sys.stderr)
+        finally:
+            viewer.close()
 
     segment.run_finished.connect(next_step)
     finetune.run_finished.connect(next_step)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from napari_unet.batch.outputs import ZARR_CHUNK, commit, partial_name, remove, write_labels
 from napari_unet.cli import batch as batch_cli
 
-_ZARR_CHUNK = 1024  # chunk edge of zarr outputs along Y and X
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -97,27 +96,30 @@ def run(args: argparse.Namespace) -> int:
     axes = resolve_axes(axes, image.shape, spatial_dims=spatial_dims, in_channels=model.config.in_channels)
     layout = Layout.create(axes, image.shape, model.config.axes)
     scale = args.scale if args.scale is not None else _file_scale(source, axes, args.quiet)
-    created: list[Path] = []
+    # zarr outputs are filled as the run goes, under hidden temporary names: an old output (--overwrite) is
+    # replaced only when the run has succeeded, and a failed run leaves it as it was
+    created: dict[Path, Path] = {}
     try:
-        out = _zarr_output(args.output, layout.output_shape, "int32", args.overwrite, created)
+        out = _zarr_output(args.output, layout.output_shape, "int32", created)
         probabilities: Any = args.probabilities is not None
         if args.probabilities is not None:
             shape = (model.config.network.out_channels, *layout.output_shape)
-            array = _zarr_output(args.probabilities, shape, "float32", args.overwrite, created)
+            array = _zarr_output(args.probabilities, shape, "float32", created)
             probabilities = True if array is None else array
         result = segment(image, model, axes=axes, device=args.device, tile_shape=tile, overlap=args.overlap,
                          batch_size=args.batch, progress=None if args.quiet else _Progress(),
                          out=out, tta=args.tta, precision=args.precision, probabilities=probabilities,
                          scale=scale, stack=args.stack, diameter=args.diameter)
-        if out is None:
-            _write_array(args.output, result.labels, result.labels_axes, args.overwrite, created)
-        if args.probabilities is not None and probabilities is True:
-            _write_array(args.probabilities, result.probabilities, "C" + result.labels_axes, args.overwrite,
-                         created)
     except BaseException:
-        for path in created:
-            _remove(path)
+        for temporary in created.values():
+            remove(temporary)
         raise
+    for target, temporary in created.items():
+        commit(temporary, target, replace_folder=True)  # --overwrite was checked before the run
+    if out is None:
+        write_labels(args.output, result.labels, result.labels_axes, overwrite=True)
+    if args.probabilities is not None and probabilities is True:
+        write_labels(args.probabilities, result.probabilities, "C" + result.labels_axes, overwrite=True)
     if not args.quiet:
         found = f"{result.objects} objects" if result.objects is not None else f"classes {list(result.classes)}"
         print(f"\n{args.output}: {found}; labels {tuple(result.labels.shape)} ({result.labels_axes}) in "
@@ -175,38 +177,13 @@ def _check_output_path(path: Path, overwrite: bool) -> None:
         raise InvalidInputError(f"cannot write into {folder} (no permission); choose another place for {path.name}")
 
 
-def _zarr_output(path: Path, shape: tuple[int, ...], dtype: str, overwrite: bool, created: list[Path]) -> Any:
-    """A new zarr array at ``path`` if it ends in .zarr, else None (the result is written afterwards)."""
+def _zarr_output(path: Path, shape: tuple[int, ...], dtype: str, created: dict[Path, Path]) -> Any:
+    """A new zarr array, under a temporary name until the run succeeds, for ``path`` if it ends in .zarr, else
+    None (the result is written afterwards)."""
     if path.suffix.lower() != ".zarr":
         return None
     import zarr
 
-    if overwrite and path.exists():
-        _remove(path)
-    chunks = tuple(min(n, _ZARR_CHUNK) if i >= len(shape) - 2 else 1 for i, n in enumerate(shape))
-    array = zarr.open_array(str(path), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
-    created.append(path)
-    return array
-
-
-def _write_array(path: Path, data: Any, axes: str, overwrite: bool, created: list[Path]) -> None:
-    import numpy as np
-
-    if overwrite and path.exists():
-        _remove(path)
-    created.append(path)
-    if path.suffix.lower() == ".npy":
-        np.save(path, np.asarray(data))
-        return
-    import tifffile
-
-    data = np.asarray(data)
-    tifffile.imwrite(path, data, bigtiff=data.nbytes > 2**31, compression="zlib", photometric="minisblack",
-                     metadata={"axes": axes})  # never colour: a stack of 3 or 4 planes is not RGB(A)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    created[path] = partial_name(path)
+    chunks = tuple(min(n, ZARR_CHUNK) if i >= len(shape) - 2 else 1 for i, n in enumerate(shape))
+    return zarr.open_array(str(created[path]), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
