@@ -329,6 +329,14 @@ def test_model_picker_lists_the_library_with_model_cards(qtbot, segment_widget, 
     assert devices.itemText(0) == "auto" and "cpu" in [devices.itemText(i) for i in range(devices.count())]
 
 
+@pytest.mark.parametrize("network", ['{"spatial_dims": "two"}', '[2, 1]', '{"in_channels": null}'])
+def test_a_damaged_model_config_reads_as_an_ordinary_model_until_loading_says_what_is_wrong(tmp_path, network):
+    from napari_unet.widgets._models import model_kind
+
+    (tmp_path / "config.json").write_text(f'{{"format": "napari-unet-model", "network": {network}}}')
+    assert model_kind(tmp_path) == (2, 1)
+
+
 def test_probability_layers(qtbot, viewer, segment_widget, nuclei, run_segment):
     viewer.add_image(nuclei[0], name="cells")
     segment_widget.probabilities_check.setChecked(True)

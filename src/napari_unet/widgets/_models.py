@@ -45,9 +45,9 @@ def model_kind(folder: Path | None) -> tuple[int, int]:
         return 2, 1
     try:
         network = read_config_json(folder / "config.json").get("network") or {}
-    except ValueError:
+        return int(network.get("spatial_dims", 2)), int(network.get("in_channels", 1))
+    except (ValueError, TypeError, AttributeError):  # damaged: loading the model says what is wrong
         return 2, 1
-    return int(network.get("spatial_dims", 2)), int(network.get("in_channels", 1))
 
 
 class ModelPicker(QComboBox):
