@@ -60,6 +60,18 @@ def test_finetune_runs_end_to_end_and_selects_the_new_version(qtbot, viewer, seg
     assert output_record(viewer.layers["cells labels"])["model"] == "tiny-v2"
 
 
+def test_segment_again_while_segment_runs_says_so_and_changes_nothing(segment_widget, finetune_widget,
+                                                                       make_tiny_model, monkeypatch):
+    from napari_unet.widgets.segment_widget import SegmentWidget
+
+    make_tiny_model("tiny-v2")
+    finetune_widget.saved_path = library_dir() / "tiny-v2"
+    monkeypatch.setattr(SegmentWidget, "running", property(lambda self: True))
+    finetune_widget.segment_again()
+    assert "still running" in finetune_widget.status.text() and "tiny-v2" in finetune_widget.status.text()
+    assert segment_widget.model_picker.model_name == "tiny", "the model of the run on screen stays selected"
+
+
 def test_plot_is_drawn(qtbot, finetune_widget):
     finetune_widget.plot.add(1, loss=0.9)
     finetune_widget.plot.add(2, loss=0.7, val_loss=0.8, val_dice=0.4)

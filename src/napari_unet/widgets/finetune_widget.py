@@ -390,6 +390,11 @@ class FinetuneWidget(QWidget):
         chosen = self.parent_path if self.saved_path is None else self.saved_path
         if segment is None or chosen is None:
             return
+        if segment.running:  # its run goes on with the model it started with
+            message = f"Segment is still running; press Segment again when it has finished, to use {chosen.name}."
+            self.status.setText(message)
+            show_info(message)
+            return
         segment.select_model(chosen)
         segment.segment()
 
