@@ -267,3 +267,28 @@ def test_the_progress_callback_hears_why_the_second_pass_runs():
     options = {"probabilities": False, "progress": lambda done, total, message: heard.append(message)}
     run_to_end(sizing.segment_at_size(run, np.zeros((240, 240), np.float32), tiny_model(20), "YX", None, options))
     assert heard[0] == "tile 1 of 1" and "segmenting again" in heard[1]
+
+
+def test_a_colour_image_segmented_twice_is_converted_and_announced_once():
+    import warnings
+
+    from napari_unet.core.colour import grey_for_model
+
+    def run(image, model, axes, **options):
+        from types import SimpleNamespace
+
+        grey, grey_axes, note = grey_for_model(image, axes, 2, 1)  # as the engine does: warns when it converts
+        labels = discs(grey.shape[:2], 30 * grey.shape[0] / 240)  # 60 px objects on the image's grid
+        yield "progress"
+        return SimpleNamespace(labels=labels, probabilities=None, labels_axes="YX", axes=axes or "YXC",
+                               messages=[note] if note else [], objects=9)
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, (240, 240, 3)).astype(np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_to_end(sizing.segment_at_size(run, colour, tiny_model(20), "YXC", None,
+                                                   {"probabilities": False}))
+    assert len([w for w in caught if "colour" in str(w.message)]) == 1
+    assert sum("colour" in m for m in result.messages) == 1 and result.axes == "YXC"
+    assert "segmented again" in result.messages[-1]

@@ -23,6 +23,7 @@ read whole, a larger one is segmented at its own scale and the caller is told so
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -30,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_unet.core.axes import infer_axes
+from napari_unet.core.colour import grey_for_model
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.postprocess import renumbered
 
@@ -142,21 +144,34 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
     if found is None:
         return result
     if small and labels.ndim == 2 and trained * AUTO_LARGER < found <= trained * MAX_FACTOR:
+        grey, grey_axes, colour_note = _grey_quietly(image, axes, config)  # the first pass said it converted
         try:
-            return (yield from _at_diameter(
-                run, image, model, axes, found, trained, options,
+            second = yield from _at_diameter(
+                run, grey, model, grey_axes, found, trained, options,
                 progress=f"objects about {found:.0f} px across: segmenting again at the model's size "
                          f"({trained:.0f} px)",
                 note=f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's {trained:.0f} "
                      f"px: segmented again with the image resampled by {trained / found:.2f}; pass diameter= to "
-                     "choose the size yourself"))
+                     "choose the size yourself")
         except BaseException:  # the first pass filled the caller's arrays; a cancel leaves nothing, as documented
             if not options.get("keep_partial"):
                 clear_callers_arrays(options)
             raise
+        if colour_note:  # the result describes the caller's image, as the first pass's did
+            second.axes = result.axes
+            second.messages.insert(0, colour_note)
+        return second
     result.messages.append(f"objects about {found:.0f} px across (the model was trained on {trained:.0f} px); "
                            "pass diameter= to resample the image to that size")
     return result
+
+
+def _grey_quietly(image: Any, axes: str | None, config: Any) -> tuple[Any, str | None, str | None]:
+    """:func:`~napari_unet.core.colour.grey_for_model` without its warning, for a second pass over an image whose
+    conversion the first pass already announced: ``(image, axes, note)``, the note None for a grey image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return grey_for_model(image, axes, config.network.spatial_dims, config.in_channels)
 
 
 def _at_diameter(run: Callable[..., Generator[Any, None, Any]], image: Any, model: Any, axes: str | None,
