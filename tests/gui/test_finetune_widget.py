@@ -72,6 +72,22 @@ def test_segment_again_while_segment_runs_says_so_and_changes_nothing(segment_wi
     assert segment_widget.model_picker.model_name == "tiny", "the model of the run on screen stays selected"
 
 
+def test_a_pair_whose_layer_is_removed_takes_no_other_layer_in_its_place(viewer, finetune_widget):
+    first_image, first_labels = viewer.add_image(np.zeros((32, 32)), name="a"), viewer.add_labels(
+        np.zeros((32, 32), np.int32), name="a labels")
+    second_image, second_labels = viewer.add_image(np.ones((32, 32)), name="b"), viewer.add_labels(
+        np.ones((32, 32), np.int32), name="b labels")
+    row = finetune_widget.add_pair(first_image, first_labels)
+    finetune_widget.add_pair(second_image, second_labels)
+    viewer.layers.remove(first_labels)
+    viewer.add_labels(np.ones((32, 32), np.int32), name="another")  # the pickers are rebuilt again
+    assert row.labels.layer is None and row.image.layer == first_image, "not b's labels, nor the newest"
+    with pytest.raises(ValueError, match="pair 1"):
+        finetune_widget.samples()
+    row.labels.set_layer(second_labels)  # the user chooses again
+    assert row.labels.layer == second_labels
+
+
 def test_plot_is_drawn(qtbot, finetune_widget):
     finetune_widget.plot.add(1, loss=0.9)
     finetune_widget.plot.add(2, loss=0.7, val_loss=0.8, val_dice=0.4)

@@ -144,15 +144,21 @@ def reusable_output(layers: Sequence[Any], source: str, shape: tuple[int, ...], 
 
 
 class LayerPicker(QComboBox):
-    """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed."""
+    """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed.
+
+    When the chosen layer is removed, the picker falls back to the top layer of its kind, or with ``hold`` to
+    nothing until the user chooses again: a training pair must not quietly take another image's labels."""
 
     def __init__(self, viewer: Any, kinds: tuple[type, ...], none_text: str | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, hold: bool = False) -> None:
         super().__init__(parent)
         self._viewer = viewer
+        self._hold = hold
         self._kinds = kinds
         self._none_text = none_text
         self._layers: list[Any] = []
+        self._lost = False  # the chosen layer was removed: nothing is chosen until the user chooses again
+        self.activated.connect(self._on_chosen)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(6)
         events = viewer.layers.events
@@ -170,10 +176,14 @@ class LayerPicker(QComboBox):
 
     def set_layer(self, layer: Any | None) -> None:
         """Choose ``layer`` (or the "none" entry) if it is offered."""
+        self._lost = False
         if layer is None and self._none_text is not None:
             self.setCurrentIndex(0)
         elif layer in self._layers:
             self.setCurrentIndex(self._layers.index(layer) + (self._none_text is not None))
+
+    def _on_chosen(self, index: int) -> None:
+        self._lost = False
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
@@ -192,6 +202,9 @@ class LayerPicker(QComboBox):
         self.blockSignals(False)
         if current in self._layers:
             self.set_layer(current)
+        elif self._hold and (current is not None or self._lost):  # removed: no other layer takes its place
+            self._lost = True
+            self.setCurrentIndex(0 if self._none_text is not None else -1)
         elif self._layers and self._none_text is None:
             self.setCurrentIndex(0)
         if self.layer != current:  # napari hands plugins proxies: compare layers with ==, never with "is"

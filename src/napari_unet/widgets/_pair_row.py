@@ -17,8 +17,8 @@ class PairRow(QWidget):
 
     def __init__(self, viewer: Any, on_remove: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.image = LayerPicker(viewer, (Image,))
-        self.labels = LayerPicker(viewer, (Labels,))
+        self.image = LayerPicker(viewer, (Image,), hold=True)
+        self.labels = LayerPicker(viewer, (Labels,), hold=True)
         self.regions = LayerPicker(viewer, (Shapes,), none_text="none")
         self.image.setToolTip("The image that was segmented.")
         self.labels.setToolTip("Its corrected labels (0 = background).")
