@@ -91,6 +91,21 @@ def test_ome_tiff_axes_and_physical_sizes(tmp_path, stack):
     np.testing.assert_array_equal(image.data[2, 1], stack[2, 1])
 
 
+def test_sizes_in_different_length_units_are_given_in_one(tmp_path, stack):
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, stack[:, 0], ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 100, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 100,
+        "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 0.5, "PhysicalSizeZUnit": "µm"})
+    image = read_image(path)
+    assert image.units == ("um", "um", "um") and image.scale == pytest.approx((0.5, 0.1, 0.1))
+    assert image.voxel_size("ZYX") == pytest.approx((0.5, 0.1, 0.1)), "Z 5 times the pixel, not 1/200"
+    odd = tmp_path / "odd.ome.tif"
+    tifffile.imwrite(odd, stack[:, 0], ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 1, "PhysicalSizeXUnit": "parsec", "PhysicalSizeY": 1,
+        "PhysicalSizeYUnit": "parsec", "PhysicalSizeZ": 0.5, "PhysicalSizeZUnit": "µm"})
+    assert read_image(odd).voxel_size("ZYX") is None, "units that cannot be compared give no voxel size"
+
+
 def test_ome_tiff_without_z_size_gives_no_voxel_size(tmp_path, stack):
     path = tmp_path / "cells.ome.tif"
     tifffile.imwrite(path, stack[:, 0], ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.3,

@@ -31,6 +31,10 @@ NO_UNIT = "pixel"  # ImageJ's word for an uncalibrated size: a step in pixels, n
 # S (samples, e.g. RGB) is a channel axis, I (image sequence) and Q (unknown, tifffile's guess) are pages in Z.
 _TIFF_ALIASES = {"S": "C", "I": "Z", "Q": "Z"}
 _UNIT_ALIASES = {"µm": "um", "μm": "um", "micron": "um", "microns": "um", "\\u00B5m": "um"}
+# micrometres per unit, to put sizes given in different length units into one (OME allows any per axis)
+_MICROMETRES = {"m": 1e6, "meter": 1e6, "metre": 1e6, "cm": 1e4, "centimeter": 1e4, "mm": 1e3, "millimeter": 1e3,
+                "millimetre": 1e3, "um": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3,
+                "nanometre": 1e-3, "pm": 1e-6, "picometer": 1e-6, "Å": 1e-4, "angstrom": 1e-4}
 _RGB_SAMPLES = (3, 4)
 
 
@@ -59,6 +63,19 @@ class ImageFile:
     channel_names: tuple[str, ...] | None = None
     metadata: str | None = None
 
+    def __post_init__(self) -> None:
+        """Sizes of the spatial dimensions given in different length units (X in nm, Z in µm, say) are put into
+        micrometres: their ratios decide how Z is treated, and napari compares the numbers as they are."""
+        spatial = [i for i, d in enumerate(self.dims) if d in "ZYX" and self.scale[i] is not None]
+        units = {self.units[i] for i in spatial}
+        if len(units) < 2 or not all(unit in _MICROMETRES for unit in units):
+            return
+        scale, names = list(self.scale), list(self.units)
+        for i in spatial:
+            scale[i], names[i] = float(scale[i]) * _MICROMETRES[names[i]], "um"
+        object.__setattr__(self, "scale", tuple(scale))
+        object.__setattr__(self, "units", tuple(names))
+
     @property
     def axes(self) -> str | None:
         """napari axis letters, one per dimension (``"ZYX"``), or None when a dimension is not one of them."""
@@ -72,7 +89,7 @@ class ImageFile:
         file names otherwise, or a size without a physical unit, gives None, since it would be a guess."""
         if len(axes) != len(self.dims):
             return None
-        sizes = []
+        sizes, units = [], set()
         for index, letter in enumerate(axes.upper()):
             if letter not in "ZYX":
                 continue
@@ -80,7 +97,8 @@ class ImageFile:
             if self.dims[index] != letter or value is None or not value > 0 or unit == NO_UNIT:
                 return None
             sizes.append(float(value))
-        return tuple(sizes) or None
+            units.add(unit)
+        return tuple(sizes) if sizes and len(units) == 1 else None  # sizes in units that cannot be compared: none
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
