@@ -108,24 +108,57 @@ def test_imported_model_cannot_be_saved_or_fine_tuned(package, tmp_path):
         finetune(model, [Sample(image, (image > np.median(image)).astype(np.int32), axes="YX")], steps=1)
 
 
-def test_unsupported_preprocessing_is_refused_naming_it(tmp_path):
+def rewritten(path, target, edit):
+    """A copy of the package at ``path`` written to ``target`` with its description changed by ``edit(rdf)``."""
     import zipfile
 
     import yaml
 
-    path = build_package(tmp_path / "odd", ("torchscript",), 2, ["segmentation"])
     with zipfile.ZipFile(path) as archive:
         files = {name: archive.read(name) for name in archive.namelist()}
     rdf = yaml.safe_load(files["rdf.yaml"])
-    scale_range = next(op for op in rdf["inputs"][0]["preprocessing"] if op["id"] == "scale_range")
-    scale_range["kwargs"]["axes"] = ["x"]  # per row: no single statistic per image
+    edit(rdf)
     files["rdf.yaml"] = yaml.safe_dump(rdf).encode()
-    odd = tmp_path / "odd-rows.zip"
-    with zipfile.ZipFile(odd, "w") as archive:
+    with zipfile.ZipFile(target, "w") as archive:
         for name, data in files.items():
             archive.writestr(name, data)
+    return target
+
+
+def test_unsupported_preprocessing_is_refused_naming_it(tmp_path):
+    def per_row(rdf):
+        scale_range = next(op for op in rdf["inputs"][0]["preprocessing"] if op["id"] == "scale_range")
+        scale_range["kwargs"]["axes"] = ["x"]  # per row: no single statistic per image
+
+    path = build_package(tmp_path / "odd", ("torchscript",), 2, ["segmentation"])
+    odd = rewritten(path, tmp_path / "odd-rows.zip", per_row)
     with pytest.raises(InvalidInputError, match="scale_range over the axes \\['x'\\] cannot be expressed"):
         load_model(odd, trust=True)
+
+
+def test_fixed_mean_and_deviation_before_and_after_the_network_are_applied(tmp_path, one_thread):
+    from bioimageio.core import create_prediction_pipeline
+    from bioimageio.core.digest_spec import get_test_input_sample
+    from bioimageio.spec import load_model_description
+
+    def fixed(rdf):
+        rdf["inputs"][0]["preprocessing"] = [
+            {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": 100.0, "std": 20.0}}]
+        rdf["outputs"][0]["postprocessing"] = [
+            {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": [0.5, 0.2], "std": [2.0, 4.0],
+                                                               "axis": "channel"}}]
+
+    path = rewritten(build_package(tmp_path / "fixed", ("torchscript",), 2, ["segmentation"]),
+                     tmp_path / "fixed.zip", fixed)
+    model = load_model(path, trust=True)  # it raised AttributeError (these steps have no eps in the spec)
+    descr = load_model_description(str(path))
+    sample = get_test_input_sample(descr)
+    test_input = sample.members["raw"].data.to_numpy()
+    with create_prediction_pipeline(descr, weight_format="torchscript") as pipeline:
+        theirs = pipeline.predict_sample_without_blocking(sample).members["prob"].data.to_numpy()[0]
+    ours = segment(test_input[0, 0], model, axes="YX", device="cpu", precision="float32")
+    inner = (slice(None), slice(HALO, -HALO), slice(HALO, -HALO))
+    np.testing.assert_allclose(ours.probabilities[inner], theirs[inner], rtol=1e-3, atol=1e-3)
 
 
 def test_cli_segment_runs_a_package_only_with_trust(package, tmp_path, capsys, one_thread):

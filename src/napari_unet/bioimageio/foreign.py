@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from napari_unet.bioimageio.foreign_network import PackageNetwork, PackageNetworkConfig
-from napari_unet.bioimageio.preprocessing import PackageNormalization, preprocessing_steps
+from napari_unet.bioimageio.preprocessing import FIXED_EPS, PackageNormalization, preprocessing_steps
 from napari_unet.core.errors import InvalidInputError, ModelFileError, UntrustedCodeError
 from napari_unet.core.models import INSTANCE_CLASSES, Model, ModelConfig
 from napari_unet.core.postprocess import ObjectFilter
@@ -212,7 +212,7 @@ def _postprocessing(ops: Any, channels: int, where: str) -> list[tuple[str, Any]
             steps.append(("scale_linear", (_channel_values(kwargs, "gain", channels, where),
                                            _channel_values(kwargs, "offset", channels, where))))
         elif name == "fixed_zero_mean_unit_variance":
-            std = _channel_values(kwargs, "std", channels, where) + kwargs.eps
+            std = _channel_values(kwargs, "std", channels, where) + getattr(kwargs, "eps", FIXED_EPS)
             steps.append(("scale_linear", (1 / std, -_channel_values(kwargs, "mean", channels, where) / std)))
         elif name == "clip" and getattr(kwargs, "min_percentile", None) is None \
                 and getattr(kwargs, "max_percentile", None) is None:

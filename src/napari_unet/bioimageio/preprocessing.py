@@ -26,6 +26,11 @@ import numpy as np
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.normalization import sample_pixels
 
+FIXED_EPS = 1e-6
+"""Added to the deviation of ``fixed_zero_mean_unit_variance``, whose kwargs have no eps of their own in the spec
+(0.5); bioimageio.core adds the same."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One preprocessing operation: ``kind`` is the map (affine, clip, binarize, sigmoid) and ``numbers``
@@ -113,7 +118,7 @@ def preprocessing_steps(ops: Sequence[Any], channels: int, spatial: Sequence[str
         elif name == "fixed_zero_mean_unit_variance":
             mean = _per_channel(name, kwargs, "mean", channels)
             std = _per_channel(name, kwargs, "std", channels)
-            gain = 1.0 / (std + kwargs.eps)
+            gain = 1.0 / (std + getattr(kwargs, "eps", FIXED_EPS))
             steps.append(_constant(name, "affine", gain, -mean * gain))
         elif name == "scale_linear":
             steps.append(_constant(name, "affine", _per_channel(name, kwargs, "gain", channels),
