@@ -82,6 +82,7 @@ def test_a_pair_whose_layer_is_removed_takes_no_other_layer_in_its_place(viewer,
     viewer.layers.remove(first_labels)
     viewer.add_labels(np.ones((32, 32), np.int32), name="another")  # the pickers are rebuilt again
     assert row.labels.layer is None and row.image.layer == first_image, "not b's labels, nor the newest"
+    assert row.labels.currentIndex() == -1 and "removed" in row.labels.placeholderText()  # what the row shows
     with pytest.raises(ValueError, match="pair 1"):
         finetune_widget.samples()
     row.labels.set_layer(second_labels)  # the user chooses again

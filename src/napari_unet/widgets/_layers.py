@@ -154,6 +154,8 @@ class LayerPicker(QComboBox):
         super().__init__(parent)
         self._viewer = viewer
         self._hold = hold
+        if hold:
+            self.setPlaceholderText("removed: choose a layer")  # shown while nothing is chosen
         self._kinds = kinds
         self._none_text = none_text
         self._layers: list[Any] = []
