@@ -7,7 +7,7 @@ import pytest
 import torch
 import zarr
 
-from napari_unet.core import inference
+from napari_unet.core import inference, run_outputs
 from napari_unet.core.cancel import CancelToken
 from napari_unet.core.errors import Cancelled, InvalidInputError
 from napari_unet.core.inference import SegmentProgress, segment, segment_steps
@@ -299,7 +299,7 @@ def test_tiles_too_small_for_the_networks_reach_are_refused():
 
 
 def test_outputs_too_large_for_memory_ask_for_zarr(monkeypatch):
-    monkeypatch.setattr(inference, "physical_memory", lambda: 4 * 64 * 64 * 4)  # room for labels, not probabilities
+    monkeypatch.setattr(run_outputs, "physical_memory", lambda: 4 * 64 * 64 * 4)  # room for labels, not probabilities
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     with pytest.raises(InvalidInputError, match="probabilities=False"):
         segment(image, random_model(), device="cpu")

@@ -191,10 +191,10 @@ class _LabelsOutput:
 
 
 def _labels_output(out: Any, layout: Any) -> _LabelsOutput:
-    from napari_unet.core.inference import _labels_array
+    from napari_unet.core.run_outputs import labels_array
 
     if not isinstance(out, (str, os.PathLike)):
-        return _LabelsOutput(_labels_array(out, layout))
+        return _LabelsOutput(labels_array(out, layout))
     target = Path(out)
     if target.suffix.lower() != ".zarr":
         raise InvalidInputError(f"{target}: segment_large writes zarr (its labels may not fit in memory); give a "

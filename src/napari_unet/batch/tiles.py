@@ -125,9 +125,9 @@ def _label(job: _Job, labels: Any, config: Any, extremes: dict[int, Any], probab
 
     layout, plan = job.layout, job.plan
     if probabilities is not None:
-        from napari_unet.core.inference import _probabilities_array
+        from napari_unet.core.run_outputs import probabilities_array
 
-        _probabilities_array(probabilities, layout, config.network.out_channels)  # checks shape and dtype
+        probabilities_array(probabilities, layout, config.network.out_channels)  # checks shape and dtype
     if config.task == "instance":
         labeller = InstanceLabeller(labels, layout, config.object_filter)
     else:

@@ -31,16 +31,15 @@ from napari_unet.core.cancel import CancelLike, is_cancelled, raise_if_cancelled
 from napari_unet.core.colour import grey_for_model
 from napari_unet.core.devices import resolve_device
 from napari_unet.core.errors import InvalidInputError
-from napari_unet.core.memory import in_memory_limit
 from napari_unet.core.models import Model
 from napari_unet.core.postprocess import InstanceLabeller, Region, SemanticLabeller, clear, fill
+from napari_unet.core.run_outputs import labels_array, probabilities_array
 from napari_unet.core.runner import (
     PRECISIONS,
     Network,
     auto_batch_size,
     auto_tile_shape,
     is_out_of_memory,
-    physical_memory,
     smaller_tile_shape,
 )
 from napari_unet.core.tiling import TilePlan, boundary_margin, plan_tiles, read_tile
@@ -207,8 +206,8 @@ class _Run:
         if overlap is None and self.tta and self.net_config.padding == "same":
             overlap = max(boundary_margin(self.net_config))  # a flipped tile swaps its two margins
         self.overlap = overlap
-        self.labels = _labels_array(out, self.layout)
-        self.probs = _probabilities_array(probabilities, self.layout, self.net_config.out_channels)
+        self.labels = labels_array(out, self.layout)
+        self.probs = probabilities_array(probabilities, self.layout, self.net_config.out_channels)
         self.caller_arrays = [a for a, given in ((self.labels, out is not None),
                                                  (self.probs, probabilities is not True and probabilities is not False))
                               if given and a is not None]
@@ -462,39 +461,3 @@ def _check_tile_shape(tile_shape: int | Sequence[int] | None, dims: int) -> tupl
         raise InvalidInputError(f"tile_shape must be a positive int or {dims} of them (one per spatial axis of the "
                                 f"network), not {tile_shape!r}")
     return tuple(int(s) for s in sizes)
-
-
-def _allocate(shape: tuple[int, ...], dtype: Any, what: str, instead: str) -> np.ndarray:
-    """A zeroed numpy output, unless it would take more than :func:`~napari_unet.core.memory.in_memory_limit`
-    (a quarter of this machine's memory unless NAPARI_UNET_IN_MEMORY_LIMIT says otherwise)."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size > in_memory_limit(physical_memory()):
-        raise InvalidInputError(f"the {what} of this image would take {size / 2**30:.1f} GiB of memory; {instead}")
-    return np.zeros(shape, dtype=dtype)
-
-
-def _labels_array(out: Any, layout: Layout) -> Any:
-    if out is None:
-        return _allocate(layout.output_shape, np.int32, "labels",
-                         "pass out= a zarr array (zarr.open_array(path, mode='w', shape=..., dtype='int32'))")
-    if tuple(out.shape) != layout.output_shape:
-        raise InvalidInputError(f"out has shape {tuple(out.shape)} but the labels of this image (axes "
-                                f"{layout.output_axes!r}) have shape {layout.output_shape}")
-    if np.dtype(out.dtype).kind not in "iu":
-        raise InvalidInputError(f"out must have an integer dtype for labels (e.g. int32), not {out.dtype}")
-    return out
-
-
-def _probabilities_array(probabilities: bool | Any, layout: Layout, classes: int) -> Any:
-    if probabilities is False or probabilities is None:
-        return None
-    shape = (classes, *layout.output_shape)
-    if probabilities is True:
-        return _allocate(shape, np.float32, "probabilities",
-                         "pass probabilities=False, or a zarr array of shape (classes, *labels shape) to write into")
-    if tuple(probabilities.shape) != shape:
-        raise InvalidInputError(f"the probabilities array has shape {tuple(probabilities.shape)}; this image and "
-                                f"model need {shape} (classes, then axes {layout.output_axes!r})")
-    if np.dtype(probabilities.dtype).kind != "f":
-        raise InvalidInputError(f"the probabilities array must be floating point, not {probabilities.dtype}")
-    return probabilities

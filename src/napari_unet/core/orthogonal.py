@@ -49,6 +49,7 @@ from napari_unet.core.cancel import raise_if_cancelled
 from napari_unet.core.colour import grey_for_model, is_colour
 from napari_unet.core.errors import InvalidInputError
 from napari_unet.core.postprocess import ObjectFilter, clear, renumbered
+from napari_unet.core.run_outputs import labels_array, probabilities_array
 from napari_unet.core.runner import physical_memory
 from napari_unet.core.zsampling import (check_scale, lateral_size, nearest_planes, resample_planes,
                                         resampled_depth)
@@ -263,8 +264,8 @@ class _StackRun:
         self.depth = self.layout.size("Z")
         self.resampled = resampled_depth(self.depth, plan.factor)
         self.classes = model.config.network.out_channels
-        self.labels = inference._labels_array(out, self.layout)
-        self.probs = inference._probabilities_array(probabilities, self.layout, self.classes)
+        self.labels = labels_array(out, self.layout)
+        self.probs = probabilities_array(probabilities, self.layout, self.classes)
         self.caller_arrays = [a for a, given in ((self.labels, out is not None),
                                                  (self.probs, probabilities is not True and probabilities is not False))
                               if given and a is not None]
