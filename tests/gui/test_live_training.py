@@ -232,6 +232,40 @@ def test_a_stroke_made_while_the_view_is_resegmented_is_kept(qtbot, viewer, fine
     assert (segmented.data[late] == 99).all(), "planned on the labels as they were, written on them as they are"
 
 
+def test_switching_live_off_stops_a_resegmentation_in_progress(qtbot, viewer, finetune_widget, segmented,
+                                                               monkeypatch):
+    import threading
+    import time
+
+    import napari_unet.widgets._live_training as live_module
+    from napari_unet.core.cancel import raise_if_cancelled
+
+    corrected_nuclei(segmented)
+    started = threading.Event()
+
+    def segment_in_worker(crop, version, token, options):
+        started.set()
+        deadline = time.monotonic() + 5
+        while not token.cancelled and time.monotonic() < deadline:  # a slow re-segmentation
+            time.sleep(0.02)
+        raise_if_cancelled(token)
+        return SimpleNamespace(labels=np.zeros(crop.shape, np.int32))  # would erase the unedited objects
+        yield
+
+    monkeypatch.setattr(live_module, "segment_in_worker", segment_in_worker)
+    child_training.use_live_versions(monkeypatch)
+    finetune_widget.live_button.setChecked(True)
+    qtbot.waitUntil(started.is_set, timeout=60_000)
+    before = segmented.data.copy()
+    written = []
+    finetune_widget.live.resegmented.connect(written.append)
+    with qtbot.waitSignal(finetune_widget.live.stopped, timeout=30_000):
+        finetune_widget.live_button.setChecked(False)
+    qtbot.wait(6000)  # longer than the re-segmentation would have taken
+    assert not written, "after Stop, no version writes into the labels"
+    np.testing.assert_array_equal(segmented.data, before)
+
+
 def test_a_job_knows_the_kinds_of_correction_in_the_pair_as_last_sent():
     from napari_unet.core.training_data import Sample
     from napari_unet.widgets._live_training import _Job

@@ -114,7 +114,7 @@ class LiveTraining(QObject):
         self._sent: list = []  # the samples last sent: their corrections say what a new version may change
         self._pairs: tuple = ()  # the layers of the pairs watched, to notice pairs added, removed or changed
         self._watched: list[tuple[Any, str]] = []  # (layer, event name) connected to _mark_dirty
-        self._segmenting = False
+        self._segmenting: Any = None  # the cancel token of the re-segmentation in progress, if any
         self._pending: Path | None = None  # a version that arrived while another was being re-segmented
         self.timer = QTimer(self)
         self.timer.setInterval(TICK_MS)
@@ -160,6 +160,9 @@ class LiveTraining(QObject):
             return
         run.cancel.cancel()
         self.timer.stop()
+        self._pending = None
+        if self._segmenting is not None:  # Stop means no more changes to the labels, even of a finished round
+            self._segmenting.cancel()
         self._show(f"Live: stopping after {run.rounds} round(s)...")
 
     def tick(self) -> None:
@@ -288,7 +291,7 @@ class LiveTraining(QObject):
         """Segment what is in view of each pair with ``version`` in a worker; the labels are written when it ends."""
         from napari_unet.core.cancel import CancelToken
 
-        if self._segmenting:
+        if self._segmenting is not None:
             self._pending = version
             return
         jobs = self._jobs(version)
@@ -304,7 +307,7 @@ class LiveTraining(QObject):
                 results.append((result, job.plan(result.labels, instance)))  # off the viewer's thread
             return results
 
-        self._segmenting = True
+        self._segmenting = token
         start_worker(steps, lambda event: self._on_segmented(version, instance, jobs, event), self.dock, token,
                      "Live re-segmentation")
 
@@ -341,7 +344,7 @@ class LiveTraining(QObject):
     def _on_segmented(self, version: Path, instance: bool, jobs: list[_Job], event: Any) -> None:
         if not isinstance(event, Outcome):
             return  # tile progress: the labels are written at the end, where they may still be edited
-        self._segmenting = False
+        self._segmenting = None
         if event.status == "failed":
             report_failure(event, "Live re-segmentation")
         elif event.status == "done":
