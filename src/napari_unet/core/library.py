@@ -227,7 +227,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
+    except (OverflowError, OSError):
         return True  # someone else's process, or a number the system cannot check: leave its folder alone
     return True
 

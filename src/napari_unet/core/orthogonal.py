@@ -48,7 +48,7 @@ from napari_unet.core.axes import Layout, check_axes, infer_axes, resolve_axes
 from napari_unet.core.cancel import raise_if_cancelled
 from napari_unet.core.colour import grey_for_model, is_colour
 from napari_unet.core.errors import InvalidInputError
-from napari_unet.core.postprocess import ObjectFilter, clear, renumbered
+from napari_unet.core.postprocess import ObjectFilter, check_ids_fit, clear, renumbered
 from napari_unet.core.run_outputs import labels_array, probabilities_array
 from napari_unet.core.runner import physical_memory
 from napari_unet.core.zsampling import (check_scale, lateral_size, nearest_planes, resample_planes,
@@ -361,9 +361,7 @@ class _StackRun:
         if self.resampled != self.depth:
             labels = renumbered(labels[planes]).astype(np.int32, copy=False)
         objects = int(labels.max(initial=0))
-        if self.count + objects > np.iinfo(np.dtype(self.labels.dtype)).max:
-            raise InvalidInputError(f"{self.count + objects} objects do not fit the labels dtype {self.labels.dtype}; "
-                                    "use int32")
+        check_ids_fit(self.count + objects, self.labels.dtype)
         labels[labels > 0] += self.count
         self.count += objects
         everything = [slice(None)] * 3

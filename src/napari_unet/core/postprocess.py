@@ -135,6 +135,12 @@ def instance_labels(probabilities: np.ndarray, objects: ObjectFilter = ObjectFil
     return final[grown]
 
 
+def check_ids_fit(largest: int, dtype: Any, what: str = "objects") -> None:
+    """Refuse labels whose ids up to ``largest`` a ``dtype`` array cannot hold (they would wrap around)."""
+    if largest > np.iinfo(np.dtype(dtype)).max:
+        raise InvalidInputError(f"{largest} {what} do not fit the labels dtype {dtype}; use int32")
+
+
 def renumbered(labels: np.ndarray) -> np.ndarray:
     """Labels numbered again 1..N (0 stays background), for the objects left after labels were resampled: an
     object smaller than a pixel or a Z step of the grid they come back to may lie between its samples."""
@@ -198,10 +204,8 @@ class InstanceLabeller:
         first = self.size
         if first + n >= 2**31:
             raise OverflowError("more than 2**31 provisional objects; segment the image in parts")
-        if first + n - 1 > np.iinfo(np.dtype(self.labels.dtype)).max:  # they are written into the labels array
-            raise InvalidInputError(f"the labels dtype {self.labels.dtype} cannot hold the {first + n - 1} ids that "
-                                    "labelling uses on the way (objects are counted tile by tile before they are "
-                                    "joined); use int32")
+        check_ids_fit(first + n - 1, self.labels.dtype,  # they are written into the labels array
+                      "ids used on the way (objects are counted tile by tile before they are joined)")
         if first + n > len(self.parent):
             grown = np.arange(max(2 * len(self.parent), first + n), dtype=np.int64)
             grown[: self.size] = self.parent[: self.size]
@@ -341,9 +345,7 @@ class InstanceLabeller:
         final[roots] = np.arange(1, len(roots) + 1)
         lut = np.where(alive, final[parent], 0)
         self.count = len(roots)
-        if self.count > np.iinfo(np.dtype(self.labels.dtype)).max:
-            raise InvalidInputError(f"{self.count} objects do not fit the labels dtype {self.labels.dtype}; use "
-                                    "int32")
+        check_ids_fit(self.count, self.labels.dtype)
         lut = lut.astype(self.labels.dtype)
         for index in _chunks(self.labels):
             block = np.asarray(self.labels[index])

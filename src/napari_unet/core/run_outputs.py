@@ -26,7 +26,7 @@ def labels_array(out: Any, layout: Layout) -> Any:
     one in memory."""
     if out is None:
         return allocate(layout.output_shape, np.int32, "labels",
-                         "pass out= a zarr array (zarr.open_array(path, mode='w', shape=..., dtype='int32'))")
+                        "pass out= a zarr array (zarr.open_array(path, mode='w', shape=..., dtype='int32'))")
     if tuple(out.shape) != layout.output_shape:
         raise InvalidInputError(f"out has shape {tuple(out.shape)} but the labels of this image (axes "
                                 f"{layout.output_axes!r}) have shape {layout.output_shape}")
@@ -43,7 +43,7 @@ def probabilities_array(probabilities: bool | Any, layout: Layout, classes: int)
     shape = (classes, *layout.output_shape)
     if probabilities is True:
         return allocate(shape, np.float32, "probabilities",
-                         "pass probabilities=False, or a zarr array of shape (classes, *labels shape) to write into")
+                        "pass probabilities=False, or a zarr array of shape (classes, *labels shape) to write into")
     if tuple(probabilities.shape) != shape:
         raise InvalidInputError(f"the probabilities array has shape {tuple(probabilities.shape)}; this image and "
                                 f"model need {shape} (classes, then axes {layout.output_axes!r})")
