@@ -89,6 +89,23 @@ def test_a_pair_whose_layer_is_removed_takes_no_other_layer_in_its_place(viewer,
     assert row.labels.layer == second_labels
 
 
+def test_a_pair_whose_reviewed_regions_are_removed_does_not_train_on_the_whole_labels(viewer, finetune_widget):
+    """Without its reviewed regions, a pair of partly corrected labels would train on everything the user never
+    checked: it waits for the user to choose a regions layer again, or 'none' on purpose."""
+    image, labels = viewer.add_image(np.zeros((32, 32))), viewer.add_labels(np.ones((32, 32), np.int32))
+    regions = viewer.add_shapes([[[2, 2], [2, 20], [20, 20], [20, 2]]], shape_type="rectangle", name="reviewed")
+    viewer.add_shapes([[[0, 0], [0, 9], [9, 9], [9, 0]]], shape_type="rectangle", name="other shapes")
+    row = finetune_widget.add_pair(image, labels, regions)
+    viewer.layers.remove(regions)
+    assert row.regions.layer is None and row.regions.currentIndex() == -1, "neither 'none' nor the other shapes"
+    assert "removed" in row.regions.placeholderText()
+    with pytest.raises(ValueError, match="pair 1.*reviewed"):
+        finetune_widget.samples()
+    row.regions.set_layer(None)  # the user chooses 'none': the whole labels train
+    (sample,) = finetune_widget.samples()
+    assert sample.mask is None
+
+
 def test_plot_is_drawn(qtbot, finetune_widget):
     finetune_widget.plot.add(1, loss=0.9)
     finetune_widget.plot.add(2, loss=0.7, val_loss=0.8, val_dice=0.4)

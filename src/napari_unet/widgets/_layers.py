@@ -147,7 +147,8 @@ class LayerPicker(QComboBox):
     """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed.
 
     When the chosen layer is removed, the picker falls back to the top layer of its kind, or with ``hold`` to
-    nothing until the user chooses again: a training pair must not quietly take another image's labels."""
+    nothing until the user chooses again (:attr:`lost`; not even to a "none" entry): a training pair must not
+    quietly take another image's labels, nor train on all of its labels when its reviewed regions are gone."""
 
     def __init__(self, viewer: Any, kinds: tuple[type, ...], none_text: str | None = None,
                  parent: QWidget | None = None, hold: bool = False) -> None:
@@ -175,6 +176,11 @@ class LayerPicker(QComboBox):
         """The chosen layer, or None."""
         index = self.currentIndex() - (self._none_text is not None)
         return self._layers[index] if 0 <= index < len(self._layers) else None
+
+    @property
+    def lost(self) -> bool:
+        """Whether the chosen layer was removed and nothing was chosen since (only with ``hold``)."""
+        return self._lost
 
     def set_layer(self, layer: Any | None) -> None:
         """Choose ``layer`` (or the "none" entry) if it is offered."""
@@ -206,7 +212,7 @@ class LayerPicker(QComboBox):
             self.set_layer(current)
         elif self._hold and (current is not None or self._lost):  # removed: no other layer takes its place
             self._lost = True
-            self.setCurrentIndex(0 if self._none_text is not None else -1)
+            self.setCurrentIndex(-1)
         elif self._layers and self._none_text is None:
             self.setCurrentIndex(0)
         if self.layer != current:  # napari hands plugins proxies: compare layers with ==, never with "is"

@@ -19,7 +19,7 @@ class PairRow(QWidget):
         super().__init__(parent)
         self.image = LayerPicker(viewer, (Image,), hold=True)
         self.labels = LayerPicker(viewer, (Labels,), hold=True)
-        self.regions = LayerPicker(viewer, (Shapes,), none_text="none")
+        self.regions = LayerPicker(viewer, (Shapes,), none_text="none", hold=True)
         self.image.setToolTip("The image that was segmented.")
         self.labels.setToolTip("Its corrected labels (0 = background).")
         self.regions.setToolTip("A Shapes layer whose rectangles mark the regions you reviewed; only they "

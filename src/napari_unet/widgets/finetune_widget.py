@@ -269,6 +269,9 @@ class FinetuneWidget(QWidget):
         image = row.image.layer
         if image is None or row.labels.layer is None:
             raise InvalidInputError(f"training pair {number} needs an image layer and a labels layer")
+        if row.regions.lost:
+            raise InvalidInputError(f"training pair {number}: its reviewed-regions layer was removed; choose "
+                                    "another, or 'none' to train on all of its labels")
         try:
             stack = stack_channels(image, row.channels.layers, dims)
         except ValueError as exc:
