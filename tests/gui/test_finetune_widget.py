@@ -328,3 +328,19 @@ def test_a_colour_pair_for_a_one_channel_model_is_read_as_segment_reads_it(viewe
     with pytest.warns(UserWarning, match="colour"):
         data = prepare_data(load_model(resolve_model_folder("tiny")), [sample], None, 0.0, 10.0, 5.0)
     assert data.items[0].image.shape[-2:] == rgb.shape[:2]
+
+
+def test_the_pair_and_segment_again_follow_the_image_an_output_was_made_from_not_its_old_name(viewer,
+                                                                                             finetune_widget):
+    from napari_unet.widgets._layers import mark_output, reusable_output
+
+    made_from = viewer.add_image(np.zeros((32, 32)), name="cells")
+    labels = viewer.add_labels(np.zeros((32, 32), np.int32), name="cells labels")
+    mark_output(labels, made_from, "nuclei")
+    made_from.name = "cells, day 1"
+    newcomer = viewer.add_image(np.ones((32, 32)), name="cells")  # another image takes the old name
+    viewer.layers.selection.active = labels
+    row = finetune_widget.add_current_layers()
+    assert row.image.layer == made_from
+    assert reusable_output(viewer.layers, newcomer, (32, 32)) is None, "the newcomer's run must not overwrite it"
+    assert reusable_output(viewer.layers, made_from, (32, 32)) == labels

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 
 import napari_unet.core.inference as inference
@@ -350,7 +350,7 @@ def test_output_widens_past_65535_objects_without_counting_as_an_edit():
     from napari_unet.widgets._layers import OUTPUT_DTYPE, fit_labels_dtype, mark_output
 
     layer = Labels(np.zeros((4, 4), OUTPUT_DTYPE))
-    mark_output(layer, "cells", "tiny")
+    mark_output(layer, Image(np.zeros((4, 4)), name="cells"), "tiny")
     fit_labels_dtype(layer, 65535)
     assert layer.data.dtype == OUTPUT_DTYPE
     fit_labels_dtype(layer, 70_000)

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 META_KEY = "napari_unet"
 _EDITED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_SOURCES: weakref.WeakKeyDictionary[Any, weakref.ref] = weakref.WeakKeyDictionary()  # output -> its image
 OUTPUT_DTYPE = np.uint16  # see fit_labels_dtype
 _LABEL_ALIASES = {"t": "T", "time": "T", "z": "Z", "depth": "Z", "c": "C", "channel": "C", "channels": "C",
                   "y": "Y", "x": "X"}
@@ -90,17 +91,35 @@ def unwrap(obj: Any) -> Any:
     return getattr(obj, "__wrapped__", obj)
 
 
-def mark_output(layer: Any, source: str, model: str) -> None:
-    """Record ``layer`` as the plugin's output for image ``source`` and watch it for edits."""
-    layer.metadata[META_KEY] = {"source": source, "model": model, "partial": False}
+def mark_output(layer: Any, source: Any, model: str) -> None:
+    """Record ``layer`` as the plugin's output for the image layer ``source`` and watch it for edits.
+
+    The record in the metadata names the image (it travels with saved layers); the image layer itself is kept
+    here, weakly, so that :func:`source_of` still finds it after it is renamed, and not another image that takes
+    its old name."""
+    layer.metadata[META_KEY] = {"source": source.name, "model": model, "partial": False}
     real = unwrap(layer)
     _EDITED[real] = False
+    _SOURCES[real] = weakref.ref(unwrap(source))
 
     def edited(event: Any = None) -> None:
         _EDITED[real] = True
 
     layer.events.paint.connect(edited)
     layer.events.data.connect(edited)
+
+
+def source_of(layer: Any, layers: Sequence[Any]) -> Any | None:
+    """The image layer among ``layers`` that the output ``layer`` was segmented from, or None: the one kept when
+    it was made, while it is there; for an output of which only the record is left (a duplicate), the image
+    of the recorded name."""
+    kept = _SOURCES.get(unwrap(layer))
+    if kept is not None:
+        image = kept()
+        return next((other for other in layers if unwrap(other) is image), None)
+    record = output_record(layer)
+    name = record.get("source") if record else None
+    return next((other for other in layers if other.name == name), None)
 
 
 def fit_labels_dtype(layer: Any, largest: int) -> None:
@@ -127,12 +146,11 @@ def is_edited(layer: Any) -> bool:
     return _EDITED.get(unwrap(layer), True)
 
 
-def reusable_output(layers: Sequence[Any], source: str, shape: tuple[int, ...], lazy: bool = False) -> Any | None:
-    """The plugin's unedited Labels output for image ``source`` with ``shape``, if there is one; held in memory
-    (numpy), or with ``lazy`` on disk (a zarr array, for results too large for memory)."""
+def reusable_output(layers: Sequence[Any], source: Any, shape: tuple[int, ...], lazy: bool = False) -> Any | None:
+    """The plugin's unedited Labels output for the image layer ``source`` with ``shape``, if there is one; held
+    in memory (numpy), or with ``lazy`` on disk (a zarr array, for results too large for memory)."""
     for layer in reversed(list(layers)):
-        record = output_record(layer)
-        if (record and record.get("source") == source and not is_edited(layer)
+        if (output_record(layer) and not is_edited(layer) and source_of(layer, layers) == source
                 and tuple(layer.data.shape) == tuple(shape) and isinstance(layer.data, np.ndarray) != lazy):
             return layer
     return None

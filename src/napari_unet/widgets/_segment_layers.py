@@ -23,11 +23,11 @@ def output_layer(viewer: Any, source: Any, axes: str, shape: tuple[int, ...], sc
     """(layer, created): the plugin's unedited previous output for this image, its part for this run cleared,
     or a new Labels layer (zarr-backed if ``lazy``: its part for this run is then cleared by the worker)."""
     out_shape = tuple(n for n, a in zip(shape, axes) if a != "C")
-    layer = reusable_output(viewer.layers, source.name, out_shape, lazy)
+    layer = reusable_output(viewer.layers, source, out_shape, lazy)
     if layer is not None:
         if not lazy:
             layer.data[scope.output_index] = 0
-        layer.metadata["napari_unet"].update(model=model_name, partial=False)
+        layer.metadata["napari_unet"].update(source=source.name, model=model_name, partial=False)
         layer.name = f"{source.name} labels"
         for key, value in geometry_kwargs(source, axes).items():  # the image may have moved or been rescaled
             setattr(layer, key, value)
@@ -36,7 +36,7 @@ def output_layer(viewer: Any, source: Any, axes: str, shape: tuple[int, ...], sc
     data = _scratch.create(out_shape, np.int32) if lazy else np.zeros(out_shape, dtype=OUTPUT_DTYPE)
     layer = viewer.add_labels(data, name=f"{source.name} labels", **geometry_kwargs(source, axes))
     _scratch.attach(viewer.layers, layer, data)
-    mark_output(layer, source.name, model_name)
+    mark_output(layer, source, model_name)
     return layer, True
 
 

@@ -36,7 +36,7 @@ from superqt import QCollapsible
 
 from napari_unet.widgets._autosave import autosaver_for
 from napari_unet.widgets._channels import stack_channels
-from napari_unet.widgets._layers import full_resolution, infer_axes, output_record
+from napari_unet.widgets._layers import full_resolution, infer_axes, source_of
 from napari_unet.widgets._live_training import LiveTraining
 from napari_unet.widgets._loss_plot import LossPlot
 from napari_unet.widgets._models import DevicePicker, ModelPicker, model_kind
@@ -210,10 +210,7 @@ class FinetuneWidget(QWidget):
             return next((layer for layer in reversed(layers) if isinstance(layer, kind)), None)
 
         labels = top(Labels)
-        record = output_record(labels) if labels is not None else None
-        image = None
-        if record is not None and record.get("source") in self.viewer.layers:
-            image = self.viewer.layers[record["source"]]
+        image = source_of(labels, layers) if labels is not None else None
         image = image if isinstance(image, Image) else top(Image)
         if image is None or labels is None:
             show_warning("Add a pair needs an image layer and a labels layer; segment an image first, or "
