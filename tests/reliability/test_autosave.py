@@ -110,6 +110,27 @@ def test_autosaver_writes_changed_layers_only(make_napari_viewer, isolated_home)
     assert saver.save_changed() == 0, "the setting turns autosave off"
 
 
+def test_labels_live_mode_re_segments_are_autosaved_too(make_napari_viewer, isolated_home):
+    """Live mode writes a new version's labels straight into the array (no paint event): the next autosave must
+    still hold them, or a crash would bring back labels older than the screen showed."""
+    from napari_unet.widgets._autosave import autosaver_for
+    from napari_unet.widgets._predictions import keep_prediction, write_unedited
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(_labels(), name="cells labels")
+    keep_prediction(layer)  # as a Segment run leaves it
+    saver = autosaver_for(viewer)
+    saver.watch(layer)
+    assert saver.save_changed() == 1 and saver.wait()
+    new = np.zeros((40, 50), np.uint16)
+    new[25:35, 5:15] = 1
+    assert write_unedited(layer, (slice(0, 40), slice(0, 50)), new, instance=True)
+    assert saver.save_changed() == 1 and saver.wait()
+    (snapshot,) = list_snapshots()
+    data, _ = load_snapshot(snapshot.key)
+    assert array_hash(data) == array_hash(layer.data) and data[30, 10] > 0
+
+
 @pytest.fixture
 def warnings_shown():
     """The texts of the napari warning notifications shown during the test."""

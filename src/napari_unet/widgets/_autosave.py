@@ -2,7 +2,8 @@
 
 One :class:`Autosaver` per viewer watches layers: the plugin's own output layers when the Segment widget makes
 them (while the setting is on), and the training labels when fine-tuning starts. A layer is written only when
-napari says it changed (its ``paint`` or ``data`` events), so an idle session writes nothing.
+napari says it changed (its ``paint`` or ``data`` events) or the plugin wrote into it (:func:`mark_changed`), so
+an idle session writes nothing.
 
 A save copies the layer's array on the main thread, where the user paints, so the snapshot is the labels as
 they were at one moment; compressing, writing and flushing the copy (:mod:`napari_unet.core.autosave`,
@@ -167,6 +168,15 @@ def _write(done: Any, layer_ref: Any, key: str, data: np.ndarray, name: str, sou
         done.emit((layer_ref, name, error))
     except RuntimeError:
         pass  # the viewer's window, and its autosaver, were closed meanwhile
+
+
+def mark_changed(layer: Any) -> None:
+    """Count ``layer`` as changed for every autosaver that watches it: for writes into its array that napari
+    does not announce (Live mode's re-segmentation of the view writes the array and refreshes the layer)."""
+    layer = getattr(layer, "__wrapped__", layer)
+    for saver in list(_SAVERS.values()):
+        if layer in saver._keys:
+            saver._dirty[layer] = True
 
 
 def autosaver_for(viewer: Any) -> Autosaver:

@@ -29,6 +29,7 @@ import numpy as np
 
 from napari_unet.core.change_kinds import corrected_kinds
 from napari_unet.core.unedited import region_edges, unedited_objects
+from napari_unet.widgets._autosave import mark_changed
 from napari_unet.widgets._layers import unwrap
 
 MAX_BYTES = 512 * 2**20  # ~0.2 s to copy on a small CPU; larger stacks train without correction weights
@@ -124,6 +125,7 @@ def write_unedited(layer: Any, index: tuple[slice, ...], labels: np.ndarray, ins
     updated.flags.writeable = False
     _KEPT[real] = (updated, weakref.ref(data))
     real.refresh()
+    mark_changed(real)  # no napari event says so: the next autosave holds what the screen shows
     return int(written.sum())
 
 
