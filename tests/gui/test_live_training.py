@@ -278,3 +278,22 @@ def test_a_job_knows_the_kinds_of_correction_in_the_pair_as_last_sent():
     job = _Job(None, (slice(10, 30), slice(0, 30)), None, {}, None, prediction[10:], prediction, sent)
     assert job.corrected == {"split"}
     assert _Job(None, (), None, {}, None, prediction, prediction).corrected == frozenset(), "nothing sent yet"
+
+
+def test_a_pair_added_in_place_of_a_removed_one_does_not_take_its_corrections(qtbot, viewer, finetune_widget,
+                                                                             segmented, tmp_path, monkeypatch):
+    """What a new version may change in a pair's view follows that pair's own corrections as last sent, not
+    those of whichever pair held its place in the list."""
+    from napari_unet.widgets._predictions import keep_prediction
+
+    child_training.use_live(monkeypatch, tmp_path)
+    corrected_nuclei(segmented)  # pair 1: edited labels, sent when Live starts
+    finetune_widget.live_button.setChecked(True)
+    assert finetune_widget.live.running
+    finetune_widget._remove_pair(finetune_widget.rows[0])
+    image, nuclei = generate_nuclei((160, 160), seed=2)
+    other = viewer.add_labels(nuclei, name="other labels")
+    assert keep_prediction(other)  # Segment's output, not edited yet
+    finetune_widget.add_pair(viewer.add_image(image, name="other"), other)
+    (job,) = finetune_widget.live._jobs(finetune_widget.model_picker.model_path)
+    assert job.labels == other and job.corrected == frozenset(), "pair 1's edits said nothing about this pair"

@@ -111,7 +111,8 @@ class LiveTraining(QObject):
         self.dock = dock
         self._run: _LiveRun | None = None
         self._dirty = False
-        self._sent: list = []  # the samples last sent: their corrections say what a new version may change
+        self._sent: dict = {}  # each pair's sample last sent, by its layers: its corrections say what a new
+        # version may change in it
         self._pairs: tuple = ()  # the layers of the pairs watched, to notice pairs added, removed or changed
         self._watched: list[tuple[Any, str]] = []  # (layer, event name) connected to _mark_dirty
         self._segmenting: Any = None  # the cancel token of the re-segmentation in progress, if any
@@ -143,7 +144,8 @@ class LiveTraining(QObject):
         options = {**dock.training_options(), "time_budget_s": ROUND_S}
         token, outbox = CancelToken(), queue.Queue()
         run = _LiveRun(token, outbox, model_path, model_path)
-        self._run, self._sent = run, samples
+        self._run = run
+        self._remember_sent(samples)
         self._watch()
         run.worker = start_worker(lambda: live_in_child(model_path, samples, token, options, outbox),
                                   lambda event: self._on_event(run, event), dock, token, "Live fine-tuning")
@@ -182,10 +184,14 @@ class LiveTraining(QObject):
             self._show(f"Live: the pairs cannot be sent ({exc}); training goes on with the last ones.")
             return
         run.outbox.put(samples)
-        self._sent = samples
+        self._remember_sent(samples)
         if run.waiting:
             run.waiting = False
             self._show_state(run)
+
+    def _remember_sent(self, samples: list) -> None:
+        """Keep the samples just sent (one per pair, in the dock's order), by their pair's layers."""
+        self._sent = dict(zip(self._pair_layers(), samples))
 
     def _refuse(self, message: str) -> bool:
         self._show(message)
@@ -336,7 +342,7 @@ class LiveTraining(QObject):
             except ValueError:  # no area shape yet: nothing reviewed
                 reviewed = None
             index = scope.output_index
-            sent = self._sent[number - 1] if len(self._sent) == len(self.dock.rows) else None
+            sent = self._sent.get((unwrap(image), unwrap(labels), unwrap(row.regions.layer)))
             jobs.append(_Job(labels, index, data[scope.image_index], options, reviewed, np.array(labels.data[index]),
                              kept, sent))
         return jobs
