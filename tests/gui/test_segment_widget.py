@@ -346,6 +346,26 @@ def test_probability_layers(qtbot, viewer, segment_widget, nuclei, run_segment):
     assert "cells P(boundary)" in viewer.layers
 
 
+def test_a_users_layer_named_like_a_probability_or_uncertainty_layer_is_never_replaced(qtbot, viewer, segment_widget,
+                                                                                        nuclei, run_segment):
+    viewer.add_image(nuclei[0], name="cells")
+    mine = {name: viewer.add_image(np.full(nuclei[0].shape, 7.0), name=name)
+            for name in ("cells P(interior)", "cells uncertainty")}
+    segment_widget.probabilities_check.setChecked(True)
+    segment_widget.doubts.check.setChecked(True)
+    for _ in range(2):  # the second run replaces its own layers, and still not the user's
+        assert run_segment(segment_widget) == "done"
+        for name, layer in mine.items():
+            assert layer in viewer.layers and (layer.data == 7).all() and layer.name == name
+        made = [layer for layer in viewer.layers if layer.name.startswith("cells P(interior)") and layer not in
+                mine.values()]
+        assert len(made) == 1 and made[0].data.max() <= 1
+        assert len([layer for layer in viewer.layers if "uncertainty" in layer.name]) == 2
+    made[0].name = "P(interior) of the first run"  # renamed: the user keeps it
+    assert run_segment(segment_widget) == "done"
+    assert made[0] in viewer.layers
+
+
 def test_output_widens_past_65535_objects_without_counting_as_an_edit():
     from napari_unet.widgets._layers import OUTPUT_DTYPE, fit_labels_dtype, mark_output
 

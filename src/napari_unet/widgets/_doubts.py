@@ -17,7 +17,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
 from napari_unet.core.uncertainty import entropy_map, object_doubts, within
-from napari_unet.widgets._layers import geometry_kwargs
+from napari_unet.widgets._layers import add_derived_image, geometry_kwargs
 
 SHOWN = 5  # objects listed: a handful to check, not a second labels layer
 
@@ -75,10 +75,8 @@ class DoubtPanel(QWidget):
         name = f"{source.name} uncertainty"
         full = np.zeros(output.data.shape, np.float32)
         full[scope.output_index] = reviewed.entropy.reshape(full[scope.output_index].shape)
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        layer = self.viewer.add_image(full, name=name, colormap="inferno", contrast_limits=(0, 1),
-                                      blending="additive", opacity=0.6, **geometry_kwargs(output))
+        layer = add_derived_image(self.viewer, full, name, colormap="inferno", contrast_limits=(0, 1),
+                                  blending="additive", opacity=0.6, **geometry_kwargs(output))
         self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(output))
         self._doubts = [_placed(d, scope) for d in reviewed.doubts]
         self._watch(output)

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QComboBox, QWidget
 META_KEY = "napari_unet"
 _EDITED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 _SOURCES: weakref.WeakKeyDictionary[Any, weakref.ref] = weakref.WeakKeyDictionary()  # output -> its image
+_DERIVED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # a run's derived layers: their name
 OUTPUT_DTYPE = np.uint16  # see fit_labels_dtype
 _LABEL_ALIASES = {"t": "T", "time": "T", "z": "Z", "depth": "Z", "c": "C", "channel": "C", "channels": "C",
                   "y": "Y", "x": "X"}
@@ -120,6 +121,19 @@ def source_of(layer: Any, layers: Sequence[Any]) -> Any | None:
     record = output_record(layer)
     name = record.get("source") if record else None
     return next((other for other in layers if other.name == name), None)
+
+
+def add_derived_image(viewer: Any, data: Any, name: str, **kwargs: Any) -> Any:
+    """Add an image layer a run derived (probabilities, uncertainty) as ``name``, in place of the one an earlier
+    run added for that name (even if napari numbered its name). A layer of the user's that has the name is left
+    alone, and napari numbers the new one's name: it may be theirs to keep. So is a derived layer the user
+    renamed."""
+    for earlier in [layer for layer in viewer.layers
+                    if _DERIVED.get(unwrap(layer)) == name and layer.name.startswith(name)]:
+        viewer.layers.remove(earlier)
+    layer = viewer.add_image(data, name=name, **kwargs)
+    _DERIVED[unwrap(layer)] = name
+    return layer
 
 
 def fit_labels_dtype(layer: Any, largest: int) -> None:

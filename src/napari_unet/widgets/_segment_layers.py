@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from napari_unet.widgets import _scratch
-from napari_unet.widgets._layers import OUTPUT_DTYPE, geometry_kwargs, mark_output, output_record, reusable_output
+from napari_unet.widgets._layers import (
+    OUTPUT_DTYPE,
+    add_derived_image,
+    geometry_kwargs,
+    mark_output,
+    output_record,
+    reusable_output,
+)
 from napari_unet.widgets._scope import Scope
 
 
@@ -77,10 +84,8 @@ def show_probabilities(viewer: Any, source: Any, output: Any, scope: Scope, resu
         else:
             data = np.zeros(output.data.shape, np.float32)
             data[scope.output_index] = probabilities[index].reshape(data[scope.output_index].shape)
-        if name in viewer.layers:
-            viewer.layers.remove(name)
-        layer = viewer.add_image(data, name=name, colormap="magma", contrast_limits=(0, 1), blending="additive",
-                                 **kwargs)
+        layer = add_derived_image(viewer, data, name, colormap="magma", contrast_limits=(0, 1), blending="additive",
+                                  **kwargs)
         if lazy:
             _scratch.attach(viewer.layers, layer, result.probabilities)
         viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(output))
