@@ -73,3 +73,27 @@ def test_demo_refuses_a_screenshot_into_a_missing_folder_before_opening_anything
 
     assert main(["demo", "--model", "tiny", "--screenshot", str(tmp_path / "missing" / "demo.png")]) == 2
     assert "missing" in (err := capsys.readouterr().err) and "folder" in err, err
+
+
+def test_the_demo_picture_shows_the_status_as_laid_out(isolated_home, tmp_path, monkeypatch):
+    """The picture is taken once the window has laid out the run's last status (taken in the slot that set it,
+    the status line still had the height of the one before, and its three lines were cut)."""
+    import napari
+
+    from napari_unet.cli import main
+    from napari_unet.widgets._registry import segment_widget_for
+
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs a display (pytest-xvfb provides one)")
+    seen = []
+
+    def screenshot(viewer, path, **kwargs):
+        status = segment_widget_for(viewer).status
+        seen.append((status.text(), status.height(), status.heightForWidth(status.width())))
+
+    monkeypatch.setattr(napari.Viewer, "screenshot", screenshot)
+    if not any(info.name == DEFAULT_MODEL for info in library.list_models()):
+        pytest.skip("the bundled model's run ends with a status of several lines")
+    assert main(["demo", "--screenshot", str(tmp_path / "demo.png"), "--model", DEFAULT_MODEL]) == 0
+    ((text, height, needed),) = seen
+    assert text.startswith("Segmented") and height >= needed, (text, height, needed)

@@ -423,3 +423,4 @@ def test_a_stack_layers_scale_sets_the_z_step_of_its_3d_objects(qtbot, viewer, s
     expected = segment(stack, load_model("tiny"), axes="ZYX", scale=(2.0, 0.5, 0.5), probabilities=False).labels
     np.testing.assert_array_equal(viewer.layers["stack labels"].data, expected)
     assert "Z resampled from 4 to 13 planes" in segment_widget.status.text()
+

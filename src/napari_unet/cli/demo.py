@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from unittest import mock
 
 DEFAULT_MODEL = "nuclei"
+LAYOUT_MS = 200  # from the run's end to the picture: the window lays out the status the run ended with
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -163,6 +164,9 @@ def _screenshot(napari: Any, viewer: Any, segment: Any, finetune: Any, image: An
         outcome.update(status=status, finished=True)
         segment.cancel("the demo timed out")  # no-ops unless a run is still going
         finetune.stop()
+        QTimer.singleShot(LAYOUT_MS, lambda: save_and_close(status))  # the last status laid out, as a user sees it
+
+    def save_and_close(status: str) -> None:
         try:
             viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
             print(f"napari-unet demo: {status}; saved {args.screenshot}", file=sys.stderr)
