@@ -83,6 +83,7 @@ def test_no_diameter_segments_again_at_the_models_size_when_objects_are_much_lar
     assert [call[0] for call in far.calls] == [(240, 240), (80, 80)], "a second pass, a third of the size"
     assert result.labels.shape == image.shape and result.probabilities.shape == (3, 240, 240)
     assert "about 60 px across" in result.messages[-1] and "segmented again" in result.messages[-1]
+    assert "set a diameter" in result.messages[-1] and "diameter=" not in result.messages[-1]
 
 
 @pytest.mark.parametrize("radius", [6, 12.5])
@@ -91,7 +92,8 @@ def test_no_diameter_segments_once_and_reports_objects_smaller_or_near_the_model
     fake = FakeRun(radius=radius)  # 12 px (smaller: never enlarged) or 25 px (within 1.5x) for a 20 px model
     result = run_to_end(sizing.segment_at_size(fake, image, tiny_model(20), None, None, {"probabilities": True}))
     assert [call[0] for call in fake.calls] == [(240, 240)], "no second pass"
-    assert f"about {2 * radius:.0f} px across" in result.messages[-1] and "pass diameter=" in result.messages[-1]
+    assert f"about {2 * radius:.0f} px across" in result.messages[-1] and "set a diameter" in result.messages[-1]
+    assert "diameter=" not in result.messages[-1], "the note is shown in the dock and by the command too"
 
 
 def test_a_stack_is_measured_but_not_segmented_again():
@@ -106,7 +108,7 @@ def test_a_stack_is_measured_but_not_segmented_again():
 
     result = run_to_end(sizing.segment_at_size(stack_run, image, tiny_model(20), "ZYX", None,
                                                {"probabilities": False}))
-    assert "about 60 px across" in result.messages[-1] and "pass diameter=" in result.messages[-1]
+    assert "about 60 px across" in result.messages[-1] and "set a diameter" in result.messages[-1]
 
 
 def test_the_typical_diameter_sees_through_a_large_object_shattered_into_pieces():

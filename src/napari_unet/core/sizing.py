@@ -152,7 +152,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
                 progress=f"objects about {found:.0f} px across: segmenting again at the model's size "
                          f"({trained:.0f} px)",
                 note=f"objects about {found:.0f} px across, over {AUTO_LARGER:g} times the model's {trained:.0f} "
-                     f"px: segmented again with the image resampled by {trained / found:.2f}; pass diameter= to "
+                     f"px: segmented again with the image resampled by {trained / found:.2f}; set a diameter to "
                      "choose the size yourself")
         except BaseException:  # the first pass filled the caller's arrays; a cancel leaves nothing, as documented
             if not options.get("keep_partial"):
@@ -163,7 +163,7 @@ def segment_at_size(run: Callable[..., Generator[Any, None, Any]], image: Any, m
             second.messages.insert(0, colour_note)
         return second
     result.messages.append(f"objects about {found:.0f} px across (the model was trained on {trained:.0f} px); "
-                           "pass diameter= to resample the image to that size")
+                           "set a diameter to resample the image to that size")
     return result
 
 
