@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.core.change_kinds import corrected_kinds, object_changes
+from napari_unet.core.change_kinds import corrected_kinds, object_changes, writable_kinds
 
 
 def test_each_kind_of_change_is_told_apart():
@@ -41,3 +41,10 @@ def test_what_is_left_of_an_object_mostly_erased_is_a_new_outline_not_a_removal(
     assert corrected_kinds(prediction, labels) == {"reshaped"}
     labels[labels == 1] = 0
     assert corrected_kinds(prediction, labels) == {"removed"}
+
+
+def test_new_outlines_may_be_written_where_the_user_drew_an_object():
+    assert writable_kinds({"split"}) == {"split", "reshaped"}, "a split pair's outlines show where outlines lie"
+    assert writable_kinds({"added", "removed"}) == {"added", "removed", "reshaped"}
+    assert writable_kinds({"removed"}) == {"removed"}, "an erased object draws no outline"
+    assert writable_kinds(set()) is None, "no correction: nothing to go by"

@@ -162,7 +162,8 @@ def test_finetune_on_labels_the_user_made_has_no_corrections(qtbot, viewer, fine
 
 
 def test_live_writes_a_new_versions_split_like_the_users_and_keeps_its_other_changes_out():
-    """Live writes only the kinds of change the user made (core.change_kinds)."""
+    """Live writes only the kinds of change the user made, and new outlines where the user drew some
+    (core.change_kinds)."""
     shape = (40, 80)
     kept = np.zeros(shape, np.int32)  # Segment's output
     kept[2:8, 2:14] = 1  # a merged pair: the user splits it
@@ -184,7 +185,12 @@ def test_live_writes_a_new_versions_split_like_the_users_and_keeps_its_other_cha
     assert not written[20:25, 30:35].any(), "nucleus 3 stays: the user removed nothing"
     assert not written[30:36, 60:66].any(), "no object is added: the user added none"
     assert not written[2:8, 8:14].any(), "the user's stroke stays"
-    assert not written[30:35, 20:26].any(), "no new outline of an object: the user reshaped none"
+    assert written[30:35, 20:26].all(), "the user drew outlines (of the split pair): new outlines are written"
+    current = kept.copy()
+    current[20:25, 30:35] = 0  # the user's only correction erases nucleus 3: they drew no outline
+    written = plan_unedited(current, kept, new, True, None, whole, shape)
+    assert not written[30:35, 20:26].any(), "no new outline of an object: the user drew none"
+    assert not written[20:26, 2:14].any(), "and no split: the user split nothing"
 
 
 def test_corrections_made_outside_the_view_say_what_a_new_version_may_change_in_it():

@@ -1,12 +1,19 @@
 """What kind of change turns one instance labelling into another, object by object.
 
 Live mode re-segments the unedited part of the view with each better version. A version trained for twenty
-seconds on a few corrections changes many objects the user never looked at, and most of those changes are
-for the worse: measured, every re-segmentation scored below the user's corrections alone. The user's strokes
-say what was wrong with the model's output (nuclei merged, debris taken for nuclei, nuclei missed, outlines
-too large), and a new version has learned *that*; its other changes are drift. So a new version's change to
-an unedited object is written only if the user made a change of the same kind (a new outline of the same
-object counts as reshaping: measured, on small nuclei such outlines lost more matches than they won).
+seconds on a few corrections changes many objects the user never looked at, and many of those changes are
+for the worse: measured, re-segmentations that wrote every change scored below the user's corrections alone.
+The user's strokes say what was wrong with the model's output (nuclei merged, debris taken for nuclei, nuclei
+missed), and a new version has learned *that*; its other changes are drift. So a new version's change to an
+unedited object is written only if the user made a change of the same kind (:func:`writable_kinds`).
+
+Outlines are the exception: every object a user paints (a split, an added or a reshaped one) shows where its
+outline lies, and a version trained on it draws outlines like it, where the model drew them wider (nuclei
+swollen into a faint background) or narrower. So where the user drew an object, new outlines of the others
+(``same`` and ``reshaped``) are written too. Measured on this project's DSB 2018 train split (fluorescence
+images on which the bundled model merges nuclei; a version trained 15 s on the first of two corrections,
+written where the view is unedited): with new outlines, the view beat the two corrections alone on 4 of 8
+images (+0.006 to +0.032 object F1) and lost on none; with only the user's kinds, on 1 (+0.004).
 
 Kinds, for an object of ``after`` (or, for ``removed``, of ``before``), from their overlaps:
 
@@ -90,3 +97,15 @@ def corrected_kinds(prediction: np.ndarray, labels: np.ndarray) -> set[str]:
     before_ids = before_ids[before_ids > 0]
     after_ids = np.unique(labels[changed | np.isin(prediction, before_ids)])
     return changes.kinds(after_ids[after_ids > 0], before_ids)
+
+
+DRAWN = frozenset({"split", "added", "merged", "reshaped"})  # corrections in which the user drew an outline
+
+
+def writable_kinds(corrected: set[str] | frozenset[str]) -> set[str] | None:
+    """The kinds of change a new version may make to unedited objects, given the kinds the user made
+    (``corrected``): those, and new outlines where the user drew any; None (any kind) where the user changed
+    nothing: there is nothing to go by."""
+    if not corrected:
+        return None
+    return set(corrected) | ({"reshaped"} if corrected & DRAWN else set())

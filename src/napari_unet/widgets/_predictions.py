@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.change_kinds import corrected_kinds
+from napari_unet.core.change_kinds import corrected_kinds, writable_kinds
 from napari_unet.core.unedited import region_edges, unedited_objects
 from napari_unet.widgets._autosave import mark_changed
 from napari_unet.widgets._layers import unwrap
@@ -79,13 +79,14 @@ def plan_unedited(current: np.ndarray, kept: np.ndarray, new: np.ndarray, instan
     there are ``current`` and whose kept prediction there is ``kept`` (``reviewed``: the region's reviewed mask
     or None): a mask, as :func:`write_unedited` decides it. Instance labels change only in the kinds of change the
     user made to the prediction in the region or elsewhere (``corrected``: the kinds made outside it) (objects
-    split, removed, added, merged, reshaped: :mod:`napari_unet.core.change_kinds`), any kind where they changed
-    nothing at all. Pure, so Live mode runs it in a worker on copies (object by object it takes a noticeable
-    part of a second on a large view)."""
+    split, removed, added, merged, reshaped: :mod:`napari_unet.core.change_kinds`), and new outlines where they
+    drew an object (:func:`~napari_unet.core.change_kinds.writable_kinds`); any kind where they changed nothing.
+    Pure, so Live mode runs it in a worker on copies (object by object it takes a noticeable part of a second on
+    a large view)."""
     unedited = (current == kept) & (True if reviewed is None else ~reviewed)
     if not instance:
         return unedited
-    allowed = (corrected_kinds(kept, current) | corrected) or None
+    allowed = writable_kinds(corrected_kinds(kept, current) | corrected)
     return unedited_objects(current, np.asarray(new).reshape(unedited.shape), unedited, region_edges(index, shape),
                             allowed)
 
