@@ -5,8 +5,9 @@ the Segment dock with the bundled ``nuclei`` model; the user corrects one object
 picked from the true labels: the largest object that merges two or more true nuclei, else the true nucleus
 matched worst), adds the image and the Segment labels as the Fine-tune dock's pair and switches *Live* on,
 then goes on correcting the next worst error every ``--pace`` seconds. The clock starts with the first
-correction. Live trains in its child, and each version that does better on held-out corrections
-re-segments the view except where the user edited (:mod:`napari_unet.widgets._live_training`). At each
+correction. Live trains in its child, and each version that does better on held-out corrections (or, for a
+round started with one correction, on the corrections made after it started) re-segments the view except
+where the user edited (:mod:`napari_unet.widgets._live_training`). At each
 re-segmentation the table gives object F1@0.5 against the true labels of the labels on screen and of
 Segment's labels with the same corrections by hand and nothing else. "first gain" is the first
 re-segmentation whose F1 on screen beats the corrections by hand: the model, not the strokes, made the view

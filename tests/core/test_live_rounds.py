@@ -13,6 +13,7 @@ from napari_unet.core.training import TrainProgress
 from napari_unet.core.training_data import Sample
 from napari_unet.core.unet import UNetConfig
 from napari_unet.synthetic import generate_nuclei
+from test_corrections import pairs_in
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,3 +100,46 @@ def test_the_steps_of_every_round_are_reported_on_one_rising_step_axis(monkeypat
     assert steps == sorted(set(steps))  # the second round goes on where the first ended
     first = [e for e in events[:rounds[0]] if isinstance(e, TrainProgress)]
     assert first and first[-1].loss is not None and first[-1].step == OPTIONS["steps"]
+
+
+class TwoSnapshots(OneSnapshot):
+    """A live child whose user makes their second correction once the first round has trained."""
+
+    def __init__(self, first: list, second: list) -> None:
+        super().__init__(first)
+        self.second, self.number = second, 1
+
+    def latest(self) -> tuple[int, list]:
+        return (1, self.samples) if self.number == 1 else (2, self.second)
+
+    def wait_newer(self, number: int, cancel) -> None:
+        self.number = 2  # the second correction arrives
+
+
+def test_a_round_started_with_one_correction_trains_and_is_judged_by_the_next_one(monkeypatch):
+    from test_corrections import merge
+
+    import napari_unet.core.live_training as live_training
+
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    top, bottom = pairs_in(labels, slice(0, 56), slice(0, 128))[0], pairs_in(labels, slice(72, 128), slice(0, 128))[0]
+    predicted = merge(labels, [top, bottom])
+    first = [Sample(image, merge(labels, [bottom]), prediction=predicted)]  # one split: nothing to hold out
+    second = [Sample(image, labels, prediction=predicted)]  # the user split the other pair too
+    monkeypatch.setattr(live_training, "beats", lambda before, after, improved: True)
+    network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
+    path = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
+    snapshots = TwoSnapshots(first, second)
+    events = []
+    for event in live_rounds(Path(path), snapshots, lambda: False, OPTIONS):
+        events.append(event)
+        if isinstance(event, LiveRound) and (event.on_newer or event.snapshot == 2):
+            break  # every round beats here: the rounds after it would go on making versions
+    rounds = [event for event in events if isinstance(event, LiveRound)]
+    guessed, judged = rounds[0], rounds[1]
+    assert guessed.guessing and guessed.waiting and guessed.score_name is None and guessed.snapshot == 1
+    trained = [e for e in events[:events.index(guessed)] if isinstance(e, TrainProgress) and e.loss is not None]
+    assert len(trained) == OPTIONS["steps"], "it trained on its one correction"
+    assert judged.on_newer and judged.number == guessed.number and judged.snapshot == 2
+    assert judged.score_name == "val_f1" and judged.before is not None and judged.after is not None
+    assert judged.version is not None and judged.version.name == "tiny-v2", "saved: the judge said it beat"

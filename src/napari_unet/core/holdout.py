@@ -84,7 +84,7 @@ def hold_out_validation(items: list[Item], fraction: float, network: UNetConfig,
         return None
     blocks = []
     for index, (box, _) in boxes.items():
-        blocks.append(_block(items[index], box, network, corrections_only))
+        blocks.append(held_out_block(items[index], box, network, corrections_only))
         # the other planes (or frames) of the same sample are near copies there: they do not train there either
         for item in items:
             if item is items[index] or (item.sample_index == items[index].sample_index
@@ -138,7 +138,7 @@ def _summed_area(plane: np.ndarray) -> np.ndarray:
     return table
 
 
-def _block(item: Item, box: tuple[slice, ...], network: UNetConfig, corrections_only: bool = False) -> Block:
+def held_out_block(item: Item, box: tuple[slice, ...], network: UNetConfig, corrections_only: bool = False) -> Block:
     """The network input for ``box`` with context (mirrored beyond the item) and the block's targets; with
     ``corrections_only``, what the user vouched for in the block (when that is not all of it)."""
     shape = item.targets.classes.shape

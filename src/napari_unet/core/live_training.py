@@ -17,6 +17,13 @@ block is where the strokes are, and only the objects the user changed are scored
 it and reject any change. Until a corrected object can be held out, a round has no score and makes no version:
 it stops at its first validation, and the child waits for newer strokes.
 
+A round that starts with one correction, so that nothing can be held out, trains on all of it instead, until
+the user's next strokes arrive (or its time is up, and it waits for them): those strokes are held out of it by
+construction, and it is judged on the objects they changed, beside the model in use
+(:mod:`napari_unet.core.newer_strokes`). So the first version can come with the second correction rather than
+a round after it. Without a correction at all a round still stops at its first validation: there is nothing
+to learn.
+
 Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` rounds on the same snapshot
 without a new version, after a round that could not be scored (too few annotations to hold a block out), and
 after a round whose annotations training refused (labels erased, say), the child waits for a newer snapshot
@@ -31,6 +38,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from napari_unet.core.cancel import CancelLike
 
@@ -53,6 +62,8 @@ class LiveRound:
     on_corrections: bool = False  # scored on held-out corrections only (labels that are Segment's output)
     error: str = ""  # why training refused this snapshot (a message for the user)
     waiting: bool = False  # the next round waits for a newer snapshot
+    guessing: bool = False  # trained on all of one correction: the user's next strokes will judge it
+    on_newer: bool = False  # scored on the strokes made after it started (newer_strokes)
 
 
 def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], options: dict[str, Any],
@@ -74,13 +85,26 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
     seed = options.pop("seed", 0)
     current = load_model(model_path)
     rounds = without_gain = trained_on = steps_before = 0
+    guess: _Guess | None = None  # a round that newer strokes will judge
     while not cancel():
         number, samples = snapshots.latest()
         if number != trained_on:
             without_gain, trained_on = 0, number
+        if guess is not None and guess.snapshot != number:  # the newer strokes judge the round trained before them
+            report, beats = _judge_on_newer(current, guess, samples, number)
+            version = save_version(guess.model) if beats else None
+            current = guess.model if beats else current
+            guess = None
+            yield replace(report, version=version)
         try:
             tuned, steps_before = yield from _run_round(current, samples, cancel, seed + rounds, options,
                                                         steps_before)
+            if tuned is None and _corrected(samples):  # one correction: train on it until newer strokes judge it
+                newer = lambda: cancel() or snapshots.latest()[0] != number  # noqa: E731
+                tuned, steps_before = yield from _run_round(current, samples, newer, seed + rounds,
+                                                            {**options, "validation_fraction": 0.0}, steps_before,
+                                                            scored=False)
+                guess = None if cancel() else _Guess(tuned, number, samples, rounds + 1)
         except Cancelled:
             return
         except InvalidInputError as exc:
@@ -88,10 +112,13 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
             yield LiveRound(rounds, number, error=str(exc), waiting=True)
             snapshots.wait_newer(number, cancel)
             continue
+        if cancel():
+            return
         rounds += 1
-        if tuned is None:  # nothing to score it on: it would be dropped whatever it learned
-            yield LiveRound(rounds, number, waiting=True)
-            snapshots.wait_newer(number, cancel)
+        if guess is not None or tuned is None:  # nothing to score it on yet
+            if snapshots.latest()[0] == number:
+                yield LiveRound(rounds, number, waiting=True, guessing=guess is not None)
+                snapshots.wait_newer(number, cancel)
             continue
         report, beats = _judge(tuned, rounds, number)
         version = None
@@ -106,17 +133,37 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
             snapshots.wait_newer(number, cancel)
 
 
+@dataclass(frozen=True)
+class _Guess:
+    """A round trained on all of a snapshot with one correction, to be judged by the strokes that follow it."""
+
+    model: Any
+    snapshot: int  # the snapshot it trained on
+    samples: list
+    number: int  # the round's number
+
+
+def _corrected(samples: list) -> bool:
+    """Whether any sample's labels differ from the prediction they were corrected from."""
+    return any(sample.prediction is not None and not np.array_equal(np.asarray(sample.labels),
+                                                                    np.asarray(sample.prediction))
+               for sample in samples)
+
+
 def _run_round(model: Any, samples: list, cancel: Callable[[], bool], seed: int, options: dict[str, Any],
-               steps_before: int) -> Generator[TrainProgress, None, tuple[Any, int]]:
+               steps_before: int, scored: bool = True) -> Generator[TrainProgress, None, tuple[Any, int]]:
     """One round's fine-tuning to its end, yielding its steps numbered after ``steps_before``; returns the tuned
     model and the number of the last step. Cancelled if stopped. A round whose first validation (of the model it
     starts from) has no score, because nothing the user corrected could be held out (or nothing at all), stops
     there and returns None for the model: training on would keep the cores busy for a round that makes no
-    version, and delay the round that can, once the next strokes arrive."""
+    version, and delay the round that can, once the next strokes arrive. With ``scored`` False (a round that
+    newer strokes will judge: give it ``validation_fraction=0``) it trains until ``cancel()`` or its budget and
+    returns its latest weights."""
     from napari_unet.core.training import finetune_steps
 
-    steps = finetune_steps(model, samples, cancel=cancel, on_cancel="none", seed=seed, **options)
-    last, first = steps_before, True
+    steps = finetune_steps(model, samples, cancel=cancel, on_cancel="none" if scored else "best", seed=seed,
+                           **options)
+    last, first = steps_before, scored
     while True:
         try:
             progress = next(steps)
@@ -140,6 +187,30 @@ def _judge(tuned: Any, number: int, snapshot: int) -> tuple[LiveRound, bool]:
         return LiveRound(number, snapshot), False
     report = LiveRound(number, snapshot, name, before.get(name), after[name], on_corrections="val_net" in after)
     return report, beats(before, after, improved)
+
+
+def _judge_on_newer(current: Any, guess: _Guess, samples: list, snapshot: int) -> tuple[LiveRound, bool]:
+    """The report of a round trained on ``guess.samples``, scored beside ``current`` on what changed in ``samples``
+    since (:mod:`napari_unet.core.newer_strokes`), and whether it beat the current model there."""
+    import torch
+
+    from napari_unet.core.holdout import validate
+    from napari_unet.core.newer_strokes import newer_strokes_validation
+
+    if guess.model.config.normalization != current.config.normalization:  # it flipped dark objects: not comparable
+        return LiveRound(guess.number, snapshot), False
+    validation = newer_strokes_validation(current, guess.samples, samples)
+    if validation is None:
+        return LiveRound(guess.number, snapshot), False
+    cpu = torch.device("cpu")  # both models are there after training, and a block or two is quick to score
+    before = validate(current.network.to(cpu), validation, cpu)
+    after = validate(guess.model.network.to(cpu), validation, cpu)
+    name = next((key for key in ("val_f1", "val_dice") if key in after), None)
+    if name is None:
+        return LiveRound(guess.number, snapshot), False
+    report = LiveRound(guess.number, snapshot, name, before.get(name), after[name], on_corrections=True,
+                       on_newer=True)
+    return report, beats(before, after, after["val_loss"] < before["val_loss"])
 
 
 def beats(before: dict[str, float], after: dict[str, float], improved: bool | None) -> bool:

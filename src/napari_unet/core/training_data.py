@@ -191,9 +191,8 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
     if config.task == "semantic":
         check_classes(arrays.labels, annotated, config.classes)
     annotations.append((arrays.labels, annotated, arrays.axes))
-    found = sizing.annotated_diameter(arrays.labels, annotated) if config.task == "instance" else None
+    found, factor = training_scale(arrays.labels, annotated, config)
     sizes.append(round(found, 1) if found else None)
-    factor = sizing.training_factor(arrays.labels, annotated, config) if found and dims == 2 else 1.0
     stats = config.normalization.statistics(arrays.image)
     digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}:{factor:.4f}".encode())
     items = []
@@ -224,6 +223,14 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
                                    if config.task == "instance" else targets.corrected.copy())
         items.append(Item(image, targets, index))
     return items
+
+
+def training_scale(labels: np.ndarray, annotated: np.ndarray, config: Any) -> tuple[float | None, float]:
+    """(the annotated objects' median diameter or None, the factor a sample's Y and X train at): 2D samples of
+    large objects train resampled (:func:`~napari_unet.core.sizing.training_factor`), others at 1."""
+    found = sizing.annotated_diameter(labels, annotated) if config.task == "instance" else None
+    factor = sizing.training_factor(labels, annotated, config) if found and config.network.spatial_dims == 2 else 1.0
+    return found, factor
 
 
 def _patch_geometry(network: Any, shapes: list[tuple[int, ...]], requested: int | Sequence[int] | None

@@ -63,6 +63,7 @@ class _LiveRun:
     rounds: int = 0
     score: str = ""
     waiting: bool = False
+    guessing: bool = False  # the last round trained on one correction: the next strokes will judge it
     error: str = ""
     versions: list[Path] = field(default_factory=list)
 
@@ -238,13 +239,14 @@ class LiveTraining(QObject):
             self.dock.progress_bar.set_progress(min(event.elapsed_s / ROUND_S, 1.0), 1.0,
                                                 f"round {run.rounds + 1}: {event.elapsed_s:.0f} s of {ROUND_S:.0f}")
             return
-        run.rounds, run.waiting = event.number, event.waiting
+        run.rounds, run.waiting, run.guessing = event.number, event.waiting, event.guessing
         self.dock.progress_bar.set_progress(0.0, 0.0, "")  # the round ended; the line below says what came of it
         if event.error and event.error != run.error:
             show_warning(f"Live fine-tuning: {event.error}")
         run.error = event.error
         if event.score_name is not None:
-            name = "F1@0.5 on held-out corrections" if event.on_corrections else SCORE_NAMES[event.score_name]
+            name = ("F1@0.5 on your newest corrections" if event.on_newer else "F1@0.5 on held-out corrections"
+                    if event.on_corrections else SCORE_NAMES[event.score_name])
             run.score = f"{name} {event.after:.3f}"
         if event.version is not None:
             run.versions.append(event.version)
@@ -261,6 +263,8 @@ class LiveTraining(QObject):
         line = " · ".join(parts)
         if run.error:
             line += f" · waiting for new strokes ({run.error})"
+        elif run.guessing:
+            line += " · your next correction will test the last round"
         elif run.waiting:
             line += " · waiting for new strokes"
         self._show(line)
