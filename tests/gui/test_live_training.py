@@ -297,3 +297,20 @@ def test_a_pair_added_in_place_of_a_removed_one_does_not_take_its_corrections(qt
     finetune_widget.add_pair(viewer.add_image(image, name="other"), other)
     (job,) = finetune_widget.live._jobs(finetune_widget.model_picker.model_path)
     assert job.labels == other and job.corrected == frozenset(), "pair 1's edits said nothing about this pair"
+
+
+def test_the_live_line_says_what_a_round_trained_on_one_correction_waits_for(finetune_widget, tiny_model):
+    import queue
+
+    from napari_unet.core.cancel import CancelToken
+    from napari_unet.core.live_training import LiveRound
+    from napari_unet.widgets._live_training import _LiveRun
+
+    live, path = finetune_widget.live, finetune_widget.model_picker.model_path
+    run = _LiveRun(CancelToken(), queue.Queue(), path, path)
+    live._on_event(run, LiveRound(1, 1, waiting=True, guessing=True))
+    assert "your next one will test it" in finetune_widget.live_line.text()
+    assert "no held-out correction yet" not in finetune_widget.live_line.text()
+    live._on_event(run, LiveRound(1, 2, "val_f1", 0.0, 0.8, on_corrections=True, on_newer=True))
+    assert "F1@0.5 on your newest corrections 0.800" in finetune_widget.live_line.text()
+    assert "will test" not in finetune_widget.live_line.text()

@@ -257,14 +257,15 @@ class LiveTraining(QObject):
         self._show_state(run)
 
     def _show_state(self, run: _LiveRun) -> None:
-        parts = [f"Live: {run.rounds} round{'s' if run.rounds != 1 else ''}",
-                 run.score or "no held-out correction yet (correct a few objects: each round is tested on some "
-                 "of them)", f"using {run.in_use.name}"]
+        unscored = ("trained on your correction: your next one will test it" if run.guessing else
+                    "no held-out correction yet (correct a few objects: each round is tested on some of them)")
+        parts = [f"Live: {run.rounds} round{'s' if run.rounds != 1 else ''}", run.score or unscored,
+                 f"using {run.in_use.name}"]
         line = " · ".join(parts)
         if run.error:
             line += f" · waiting for new strokes ({run.error})"
-        elif run.guessing:
-            line += " · your next correction will test the last round"
+        elif run.guessing and run.score:
+            line += " · the last round trained on your correction: your next one will test it"
         elif run.waiting:
             line += " · waiting for new strokes"
         self._show(line)
