@@ -127,8 +127,9 @@ class FinetuneWidget(QWidget):
         self.live_button = QPushButton("Live")
         self.live_button.setCheckable(True)
         self.live_button.setToolTip("Train continuously while you paint: new strokes are sent every few seconds, "
-                                    "and each version that beats the one in use on your held-out annotations is "
-                                    "selected and re-segments the region in view, except where you edited.")
+                                    "and each version that beats the one in use on your held-out annotations (or "
+                                    "on the corrections you made after its round started) is selected and "
+                                    "re-segments the region in view, except where you edited.")
         self.live_button.toggled.connect(self._on_live_toggled)
         self.live.stopped.connect(self._on_live_stopped)
         self.live_line = QLabel()
