@@ -101,9 +101,8 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
                                                         steps_before)
             if tuned is None and _corrected(samples):  # one correction: train on it until newer strokes judge it
                 newer = lambda: cancel() or snapshots.latest()[0] != number  # noqa: E731
-                tuned, steps_before = yield from _run_round(current, samples, newer, seed + rounds,
-                                                            {**options, "validation_fraction": 0.0}, steps_before,
-                                                            scored=False)
+                tuned, steps_before = yield from _run_round(current, samples, newer, seed + rounds, options,
+                                                            steps_before, scored=False)
                 guess = None if cancel() else _Guess(tuned, number, samples, rounds + 1)
         except Cancelled:
             return
@@ -157,10 +156,12 @@ def _run_round(model: Any, samples: list, cancel: Callable[[], bool], seed: int,
     starts from) has no score, because nothing the user corrected could be held out (or nothing at all), stops
     there and returns None for the model: training on would keep the cores busy for a round that makes no
     version, and delay the round that can, once the next strokes arrive. With ``scored`` False (a round that
-    newer strokes will judge: give it ``validation_fraction=0``) it trains until ``cancel()`` or its budget and
-    returns its latest weights."""
+    newer strokes will judge) it holds nothing out, trains until ``cancel()`` or its budget and returns its
+    latest weights."""
     from napari_unet.core.training import finetune_steps
 
+    if not scored:
+        options = {**options, "validation_fraction": 0.0}
     steps = finetune_steps(model, samples, cancel=cancel, on_cancel="none" if scored else "best", seed=seed,
                            **options)
     last, first = steps_before, scored

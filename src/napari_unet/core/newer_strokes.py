@@ -43,11 +43,13 @@ def newer_strokes_validation(model: Any, trained_on: Sequence[Any], newer: Seque
 
     if len(trained_on) != len(newer):
         return None
-    changed = [_changed(old, new) for old, new in zip(trained_on, newer)]
-    if not any(mask is not None and mask.any() for mask in changed):
+    changed = {index: mask for index, mask in enumerate(map(_changed, trained_on, newer))
+               if mask is not None and mask.any()}
+    if not changed:
         return None
+    indices = sorted(changed)  # only the pairs the newer strokes touched are prepared
     try:  # w0 and sigma (fine-tuning's defaults) weigh only the validation loss, the same for both models
-        data = prepare_data(model, list(newer), None, 0.0, 10.0, 5.0, polarity=False)
+        data = prepare_data(model, [newer[i] for i in indices], None, 0.0, 10.0, 5.0, polarity=False)
     except InvalidInputError:  # e.g. a pair's labels erased: the next round says why
         return None
     per_sample = Counter(item.sample_index for item in data.items)
@@ -55,7 +57,8 @@ def newer_strokes_validation(model: Any, trained_on: Sequence[Any], newer: Seque
     for item in data.items:
         if per_sample[item.sample_index] > 1:
             continue  # a stack's plane: its labels are not the sample's
-        unpadded = _unpadded(item, *_as_trained(newer[item.sample_index], changed[item.sample_index], model))
+        index, factor = indices[item.sample_index], data.scales[item.sample_index]
+        unpadded = _unpadded(item, *_at_scale(factor, changed[index], np.asarray(newer[index].labels)))
         if unpadded is None:
             continue
         box, where = unpadded
@@ -79,26 +82,20 @@ def _changed(old: Any, new: Any) -> np.ndarray | None:
     return changed | objects_touching(before, changed)
 
 
-def _as_trained(sample: Any, changed: np.ndarray | None, model: Any) -> tuple[np.ndarray | None, np.ndarray]:
-    """(``changed``, the sample's labels) at the scale the sample trains at: large objects train resampled."""
+def _at_scale(factor: float, *masks: np.ndarray) -> tuple[np.ndarray, ...]:
+    """2D ``masks`` (or labels) at the scale their sample trains at (prepare_data's factor; large objects train
+    resampled), as prepare_data resamples labels."""
     from napari_unet.core.sizing import resample_yx
-    from napari_unet.core.targets import annotated_area
-    from napari_unet.core.training_data import training_scale
 
-    labels, config = np.asarray(sample.labels), model.config
-    if changed is None or labels.ndim != 2:
-        return None, labels
-    mask = None if sample.mask is None else np.asarray(sample.mask, dtype=bool)
-    _, factor = training_scale(labels, annotated_area(labels, mask, config.ignore_value, 2), config)
-    if factor == 1.0:
-        return changed, labels
-    return resample_yx(changed, factor, 0), resample_yx(labels, factor, 0)
+    if factor == 1.0 or any(mask.ndim != 2 for mask in masks):
+        return masks
+    return tuple(resample_yx(mask, factor, 0) for mask in masks)
 
 
 def _unpadded(item: Any, changed: np.ndarray | None, labels: Any) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """(the block around the ``changed`` pixels, those pixels) in the coordinates of ``item`` (padded by
-    prepare_data, evenly on both sides), or None when the item does not hold the sample's ``labels`` pixel for
-    pixel (a sample of large objects trains resampled)."""
+    prepare_data, evenly on both sides), ``changed`` and ``labels`` given at the item's scale; None where the
+    item does not hold those labels pixel for pixel (then the pixels could not be found in it)."""
     if changed is None or not changed.any() or changed.ndim != 2:
         return None
     targets, shape = item.targets, item.targets.annotated.shape

@@ -83,6 +83,7 @@ class TrainingData:
     annotations: list[tuple[np.ndarray, np.ndarray, str]]  # per sample: labels, annotated area, axes
     inverted: bool = False  # the items' intensities were flipped: the tuned model must invert its input
     object_sizes: list[float | None] = field(default_factory=list)  # per sample: median object diameter (px)
+    scales: list[float] = field(default_factory=list)  # per sample: the factor its Y and X train at
     corrected_pixels: int = 0  # annotated pixels the user changed from the predictions (before growing them)
     correction_pixels: list[np.ndarray] = field(default_factory=list)  # flat indices of weighted ones, per item
     correction_probability: np.ndarray | None = None  # None: no corrections to centre patches on
@@ -103,13 +104,13 @@ def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Seq
     digest = hashlib.sha256()
     items: list[Item] = []
     annotations: list[tuple[np.ndarray, np.ndarray, str]] = []
-    sizes: list[float | None] = []
+    scales: list[tuple[float | None, float]] = []  # per sample: (object diameter, training factor)
     for index, sample in enumerate(samples):
         if not isinstance(sample, Sample):
             raise InvalidInputError(f"sample {index} is a {type(sample).__name__}; wrap it as "
                                     "Sample(image, labels, mask=None, axes='YX')")
         try:
-            items += _sample_items(sample, index, model, w0, sigma, digest, annotations, sizes,
+            items += _sample_items(sample, index, model, w0, sigma, digest, annotations, scales,
                                    weighted=correction_weight != 1)
         except InvalidInputError as exc:
             raise InvalidInputError(f"sample {index}: {exc}") from None
@@ -126,7 +127,8 @@ def prepare_data(model: Model, samples: Sequence[Sample], patch_shape: int | Seq
     train_pixels = [_flat_indices(item.targets.annotated) for item in items]
     counts = np.array([len(p) for p in train_pixels], dtype=np.float64)
     data = TrainingData(items, input_shape, output_shape, train_pixels, counts / counts.sum(), validation,
-                        "sha256:" + digest.hexdigest(), annotated_pixels, annotations, inverted, sizes)
+                        "sha256:" + digest.hexdigest(), annotated_pixels, annotations, inverted,
+                        [round(found, 1) if found else None for found, _ in scales], [f for _, f in scales])
     _weight_corrections(data, corrected_pixels, correction_weight)
     return data
 
@@ -171,11 +173,11 @@ def match_polarity(items: list[Item]) -> bool:
 
 
 def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: float, digest: Any,
-                  annotations: list[tuple[np.ndarray, np.ndarray, str]], sizes: list[float | None],
-                  weighted: bool = True) -> list[Item]:
+                  annotations: list[tuple[np.ndarray, np.ndarray, str]],
+                  scales: list[tuple[float | None, float]], weighted: bool = True) -> list[Item]:
     """Check one sample and cut it into training items: one per annotated plane (2D models) or stack.
     Feeds the data fingerprint and records the labels and annotated area for the model's snapshot, and the
-    size of the annotated objects (:mod:`~napari_unet.core.sizing`). With a prediction, each item's targets
+    size of the annotated objects and the scale they train at (:mod:`~napari_unet.core.sizing`). With a prediction, each item's targets
     know the pixels the user changed from it; only ``weighted`` corrections change the data's fingerprint."""
     config = model.config
     dims = config.network.spatial_dims
@@ -191,8 +193,9 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
     if config.task == "semantic":
         check_classes(arrays.labels, annotated, config.classes)
     annotations.append((arrays.labels, annotated, arrays.axes))
-    found, factor = training_scale(arrays.labels, annotated, config)
-    sizes.append(round(found, 1) if found else None)
+    found = sizing.annotated_diameter(arrays.labels, annotated) if config.task == "instance" else None
+    factor = sizing.training_factor(arrays.labels, annotated, config) if found and dims == 2 else 1.0
+    scales.append((found, factor))
     stats = config.normalization.statistics(arrays.image)
     digest.update(f"{index}:{arrays.axes}:{arrays.labels.shape}:{factor:.4f}".encode())
     items = []
@@ -223,14 +226,6 @@ def _sample_items(sample: Sample, index: int, model: Model, w0: float, sigma: fl
                                    if config.task == "instance" else targets.corrected.copy())
         items.append(Item(image, targets, index))
     return items
-
-
-def training_scale(labels: np.ndarray, annotated: np.ndarray, config: Any) -> tuple[float | None, float]:
-    """(the annotated objects' median diameter or None, the factor a sample's Y and X train at): 2D samples of
-    large objects train resampled (:func:`~napari_unet.core.sizing.training_factor`), others at 1."""
-    found = sizing.annotated_diameter(labels, annotated) if config.task == "instance" else None
-    factor = sizing.training_factor(labels, annotated, config) if found and config.network.spatial_dims == 2 else 1.0
-    return found, factor
 
 
 def _patch_geometry(network: Any, shapes: list[tuple[int, ...]], requested: int | Sequence[int] | None

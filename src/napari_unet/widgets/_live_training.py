@@ -50,6 +50,7 @@ ROUND_S = 20.0  # the time budget of one round (the dock's Steps, when set, may 
 SCORE_NAMES = {"val_f1": "held-out F1@0.5", "val_dice": "held-out Dice"}
 LIVE_HINT = ("Live: correct objects with napari's paint tools; new strokes are sent every few seconds. The plot "
              "shows the loss of every round (a round starts again from the model in use).")
+GUESSING = "trained on your correction: your next one will test it"
 IDLE_HINT = ("Press Live to go on training while you paint, or Fine-tune for one run on the pairs as they are.")
 
 
@@ -204,8 +205,7 @@ class LiveTraining(QObject):
     # ----------------------------------------------------------------------------------------------------------
 
     def _pair_layers(self) -> tuple:
-        return tuple((unwrap(row.image.layer), unwrap(row.labels.layer), unwrap(row.regions.layer))
-                     for row in self.dock.rows)
+        return tuple(_layers_of(row) for row in self.dock.rows)
 
     def _watch(self) -> None:
         """Connect the pairs' labels and regions layers to the dirty flag (only those of the current pairs)."""
@@ -257,7 +257,7 @@ class LiveTraining(QObject):
         self._show_state(run)
 
     def _show_state(self, run: _LiveRun) -> None:
-        unscored = ("trained on your correction: your next one will test it" if run.guessing else
+        unscored = (GUESSING if run.guessing else
                     "no held-out correction yet (correct a few objects: each round is tested on some of them)")
         parts = [f"Live: {run.rounds} round{'s' if run.rounds != 1 else ''}", run.score or unscored,
                  f"using {run.in_use.name}"]
@@ -265,7 +265,7 @@ class LiveTraining(QObject):
         if run.error:
             line += f" · waiting for new strokes ({run.error})"
         elif run.guessing and run.score:
-            line += " · the last round trained on your correction: your next one will test it"
+            line += f" · the last round {GUESSING}"
         elif run.waiting:
             line += " · waiting for new strokes"
         self._show(line)
@@ -347,7 +347,7 @@ class LiveTraining(QObject):
             except ValueError:  # no area shape yet: nothing reviewed
                 reviewed = None
             index = scope.output_index
-            sent = self._sent.get((unwrap(image), unwrap(labels), unwrap(row.regions.layer)))
+            sent = self._sent.get(_layers_of(row))
             jobs.append(_Job(labels, index, data[scope.image_index], options, reviewed, np.array(labels.data[index]),
                              kept, sent))
         return jobs
@@ -376,3 +376,8 @@ def _task(folder: Path) -> str:
     from napari_unet.core.library import read_config_json
 
     return str(read_config_json(folder / "config.json").get("task", "instance"))
+
+
+def _layers_of(row: Any) -> tuple:
+    """A pair's (image, labels, regions) layers, unwrapped: what identifies it from one look to the next."""
+    return unwrap(row.image.layer), unwrap(row.labels.layer), unwrap(row.regions.layer)
