@@ -1,4 +1,4 @@
-"""Live mode of the Fine-tune dock: training in a child process in rounds, strokes sent at the next tick, better
+"""Live mode of the Fine-tune dock: training in a child process in rounds, strokes sent when the user pauses, better
 versions re-segmenting the view except where the user edited, and a clean stop that keeps the versions.
 
 Each test starts a training child (a few seconds), so they are few."""
@@ -314,3 +314,29 @@ def test_the_live_line_says_what_a_round_trained_on_one_correction_waits_for(fin
     live._on_event(run, LiveRound(1, 2, "val_f1", 0.0, 0.8, on_corrections=True, on_newer=True))
     assert "F1@0.5 on your newest corrections 0.800" in finetune_widget.live_line.text()
     assert "will test" not in finetune_widget.live_line.text()
+
+
+def test_strokes_are_sent_once_the_user_pauses_not_at_the_next_tick(qtbot, viewer, finetune_widget, segmented):
+    """A correction is several strokes: they go to training together, a moment after the last one, rather than
+    at the periodic tick (up to five seconds later), so that the user's next correction judges a round sooner."""
+    import queue
+
+    from napari_unet.core.cancel import CancelToken
+    from napari_unet.widgets._live_training import SETTLE_MS, _LiveRun
+
+    live, path = finetune_widget.live, finetune_widget.model_picker.model_path
+    live.timer.setInterval(600_000)  # the periodic tick out of the way: only the pause can send
+    live._run = run = _LiveRun(CancelToken(), queue.Queue(), path, path)  # a live run without its child
+    live._watch()
+    try:
+        for row in (30, 40, 50):  # one correction, three strokes in a row
+            segmented.paint((row, 40), 77)
+        assert run.outbox.empty(), "sent while the user was still painting"
+        qtbot.waitUntil(lambda: not run.outbox.empty(), timeout=SETTLE_MS + 2_000)
+        (sample,) = run.outbox.get()
+        np.testing.assert_array_equal(np.asarray(sample.labels) == 77, segmented.data == 77)
+        qtbot.wait(SETTLE_MS + 200)
+        assert run.outbox.empty(), "the three strokes went as one snapshot"
+    finally:
+        live._run = None
+        live._unwatch()

@@ -6,9 +6,12 @@ trains in rounds on the newest snapshot of the training pairs (that module says 
 makes a version). This controller works on the main thread:
 
 * it watches the pairs' Labels layers (napari's ``paint`` and ``data`` events) and reviewed-regions layers
-  (``data``) and only sets a flag: a stroke costs nothing more. A QTimer every :data:`TICK_MS` copies the pairs
-  (the dock's ``samples()``) when the flag is set, or when the pairs changed, and puts the copy in the worker's
-  outbox; the worker thread sends it to the child, so the images are pickled off the viewer's thread;
+  (``data``) and only sets a flag and restarts a short timer: a stroke costs nothing more. When the user has
+  paused for :data:`SETTLE_MS` (a correction is several strokes, sent together), and at the latest every
+  :data:`TICK_MS` while they go on painting or when the pairs changed, the pairs are copied (the dock's
+  ``samples()``) and the copy put in the worker's outbox; the worker thread sends it to the child, so the
+  images are pickled off the viewer's thread. Sent at a pause, a correction judges the round trained before it
+  about a second after it is made, not up to a tick later;
 * on a round that made a version, it selects the version (here and in Segment) and re-segments the region in
   view of each pair whose labels Segment made (they carry the kept prediction of :mod:`._predictions`) in a
   Segment worker, which also plans, object by object, where the new labels may go (only where the layer still
@@ -45,10 +48,11 @@ from napari_unet.widgets._scope import plan_scope
 from napari_unet.widgets._view import data_position, view_bounds
 from napari_unet.widgets._workers import Outcome, report_failure, segment_in_worker, start_worker
 
-TICK_MS = 5000  # how often new strokes are looked for and sent
+TICK_MS = 5000  # how often new strokes are looked for and sent while the user goes on painting
+SETTLE_MS = 1000  # strokes are sent once the user has paused this long
 ROUND_S = 20.0  # the time budget of one round (the dock's Steps, when set, may end it sooner)
 SCORE_NAMES = {"val_f1": "held-out F1@0.5", "val_dice": "held-out Dice"}
-LIVE_HINT = ("Live: correct objects with napari's paint tools; new strokes are sent every few seconds. The plot "
+LIVE_HINT = ("Live: correct objects with napari's paint tools; new strokes are sent when you pause. The plot "
              "shows the loss of every round (a round starts again from the model in use).")
 GUESSING = "trained on your correction: your next one will test it"
 IDLE_HINT = ("Press Live to go on training while you paint, or Fine-tune for one run on the pairs as they are.")
@@ -122,6 +126,10 @@ class LiveTraining(QObject):
         self.timer = QTimer(self)
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self.tick)
+        self.settle = QTimer(self)  # restarted by every stroke: fires once the user pauses
+        self.settle.setSingleShot(True)
+        self.settle.setInterval(SETTLE_MS)
+        self.settle.timeout.connect(self.tick)
 
     @property
     def running(self) -> bool:
@@ -164,6 +172,7 @@ class LiveTraining(QObject):
             return
         run.cancel.cancel()
         self.timer.stop()
+        self.settle.stop()
         self._pending = None
         if self._segmenting is not None:  # Stop means no more changes to the labels, even of a finished round
             self._segmenting.cancel()
@@ -225,6 +234,7 @@ class LiveTraining(QObject):
 
     def _mark_dirty(self, event: Any = None) -> None:
         self._dirty = True
+        self.settle.start()  # (re)started: the snapshot goes once the strokes pause
 
     # ----------------------------------------------------------------------------------------------------------
     # Rounds from the child (main thread)
@@ -273,6 +283,7 @@ class LiveTraining(QObject):
     def _finish(self, run: _LiveRun, outcome: Outcome) -> None:
         self._run = None
         self.timer.stop()
+        self.settle.stop()
         self._unwatch()
         made = ", ".join(path.name for path in run.versions) or "none"
         if outcome.status == "failed":

@@ -126,7 +126,7 @@ class FinetuneWidget(QWidget):
         self.live = LiveTraining(self)
         self.live_button = QPushButton("Live")
         self.live_button.setCheckable(True)
-        self.live_button.setToolTip("Train continuously while you paint: new strokes are sent every few seconds, "
+        self.live_button.setToolTip("Train continuously while you paint: new strokes are sent when you pause, "
                                     "and each version that beats the one in use on your held-out annotations (or "
                                     "on the corrections you made after its round started) is selected and "
                                     "re-segments the region in view, except where you edited.")
