@@ -143,3 +143,33 @@ def test_a_round_started_with_one_correction_trains_and_is_judged_by_the_next_on
     assert judged.on_newer and judged.number == guessed.number and judged.snapshot == 2
     assert judged.score_name == "val_f1" and judged.before is not None and judged.after is not None
     assert judged.version is not None and judged.version.name == "tiny-v2", "saved: the judge said it beat"
+
+
+def test_a_round_started_with_one_correction_trains_to_its_end_and_is_judged_by_all_the_strokes_since(monkeypatch):
+    """Strokes arriving while the round trains do not cut it short: measured, a round stopped at the second
+    correction (ten seconds in) changed the view for the worse about as often as for the better; it trains its
+    whole budget, and every correction made meanwhile judges it."""
+    from test_corrections import merge
+
+    import napari_unet.core.live_training as live_training
+
+    image, labels = generate_nuclei((128, 128), "dense", seed=0)
+    top, bottom = pairs_in(labels, slice(0, 56), slice(0, 128))[0], pairs_in(labels, slice(72, 128), slice(0, 128))[0]
+    predicted = merge(labels, [top, bottom])
+    first = [Sample(image, merge(labels, [bottom]), prediction=predicted)]
+    second = [Sample(image, labels, prediction=predicted)]
+    monkeypatch.setattr(live_training, "beats", lambda before, after, improved: True)
+    network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
+    path = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
+    snapshots = TwoSnapshots(first, second)
+    events = []
+    for event in live_rounds(Path(path), snapshots, lambda: False, OPTIONS):
+        events.append(event)
+        if isinstance(event, TrainProgress) and event.loss is not None and event.step == 2:
+            snapshots.number = 2  # the second correction arrives two steps into the round
+        if isinstance(event, LiveRound):
+            break
+    judged = events[-1]
+    trained = [e for e in events if isinstance(e, TrainProgress) and e.loss is not None]
+    assert len(trained) == OPTIONS["steps"], "the round trained to its end"
+    assert judged.on_newer and judged.snapshot == 2 and judged.version is not None

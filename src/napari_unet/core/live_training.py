@@ -17,12 +17,15 @@ block is where the strokes are, and only the objects the user changed are scored
 it and reject any change. Until a corrected object can be held out, a round has no score and makes no version:
 it stops at its first validation, and the child waits for newer strokes.
 
-A round that starts with one correction, so that nothing can be held out, trains on all of it instead, until
-the user's next strokes arrive (or its time is up, and it waits for them): those strokes are held out of it by
-construction, and it is judged on the objects they changed, beside the model in use
-(:mod:`napari_unet.core.newer_strokes`). So the first version can come with the second correction rather than
-a round after it. Without a correction at all a round still stops at its first validation: there is nothing
-to learn.
+A round that starts with one correction, so that nothing can be held out, trains on all of it instead, for its
+whole time budget; the strokes the user made meanwhile (or, if none, the next ones: it waits for them) are held
+out of it by construction, and it is judged on the objects they changed, beside the model in use
+(:mod:`napari_unet.core.newer_strokes`). So the first version can come a round after the first correction,
+rather than a round after the second. The round is not cut short when the second correction arrives: measured
+on this project's DSB 2018 train split (24 fluorescence images on which the bundled model merges nuclei, the
+child's one thread), the view a model trained 10 s on the first correction writes was worse than the
+corrections alone on 8 images and better on 6; after 20 s, worse on 3 and better on 9. Without a correction
+at all a round still stops at its first validation: there is nothing to learn.
 
 Rounds run back to back while they can help: after :data:`ROUNDS_WITHOUT_GAIN` rounds on the same snapshot
 without a new version, after a round that could not be scored (too few annotations to hold a block out), and
@@ -99,9 +102,8 @@ def live_rounds(model_path: Path, snapshots: Any, cancel: Callable[[], bool], op
         try:
             tuned, steps_before = yield from _run_round(current, samples, cancel, seed + rounds, options,
                                                         steps_before)
-            if tuned is None and _corrected(samples):  # one correction: train on it until newer strokes judge it
-                newer = lambda: cancel() or snapshots.latest()[0] != number  # noqa: E731
-                tuned, steps_before = yield from _run_round(current, samples, newer, seed + rounds, options,
+            if tuned is None and _corrected(samples):  # one correction: train on it, newer strokes judge it
+                tuned, steps_before = yield from _run_round(current, samples, cancel, seed + rounds, options,
                                                             steps_before, scored=False)
                 guess = None if cancel() else _Guess(tuned, number, samples, rounds + 1)
         except Cancelled:
