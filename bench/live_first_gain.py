@@ -3,7 +3,7 @@
 What a user does, played in a real viewer (run under a display or ``xvfb-run -a``): an image is segmented by
 the Segment dock with the bundled ``nuclei`` model; the user corrects one object (the worst error on screen,
 picked from the true labels: the largest object that merges two or more true nuclei, else the true nucleus
-matched worst), adds the image and the Segment labels as the Fine-tune dock's pair and switches *Live* on,
+matched worst, else the largest object that matches no true nucleus, erased), adds the image and the Segment labels as the Fine-tune dock's pair and switches *Live* on,
 then goes on correcting the next worst error every ``--pace`` seconds. The clock starts with the first
 correction. Live trains in its child, and each version that does better on held-out corrections (or, for a
 round started with one correction, on the corrections made after it started) re-segments the view except
@@ -44,6 +44,8 @@ from ui_responsiveness import wait_until  # noqa: E402
 
 from napari_unet.core.metrics import iou_pairs, object_f1  # noqa: E402
 
+FALSE_POSITIVE = "false positive"
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,8 +63,9 @@ def parse_args() -> argparse.Namespace:
 
 def worst_error(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, str] | None:
     """The pixels a user would repaint first, and what was wrong there: the largest predicted object that
-    covers half or more of two or more true nuclei (a merge), else the true nucleus whose best IoU is lowest."""
-    truth_ids, _, iou = iou_pairs(pred, truth)
+    covers half or more of two or more true nuclei (a merge), else the true nucleus whose best IoU is lowest
+    (below 0.5), else the largest predicted object that matches no true nucleus (a false positive, erased)."""
+    truth_ids, pred_ids, iou = iou_pairs(pred, truth)
     areas_t = dict(zip(*np.unique(truth[truth > 0], return_counts=True)))
     merges = []
     for p in np.unique(pred[pred > 0]):
@@ -79,17 +82,28 @@ def worst_error(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, str] |
         best[t] = max(best[t], float(value))
     worst = min(best, key=best.get)
     if best[worst] >= 0.5:
-        return None
+        return false_positive(pred, truth_ids, pred_ids, iou)
     overlapping = np.unique(pred[truth == worst])
     region = (truth == worst) | np.isin(pred, overlapping[overlapping > 0])
     return region, f"nucleus matched at IoU {best[worst]:.2f}"
 
 
-def correct(layer: Any, truth: np.ndarray, region: np.ndarray) -> None:
+def false_positive(pred: np.ndarray, truth_ids: np.ndarray, pred_ids: np.ndarray, iou: np.ndarray
+                   ) -> tuple[np.ndarray, str] | None:
+    """The largest predicted object that no true nucleus matches at IoU 0.5 or more, if any."""
+    matched = set(pred_ids[iou >= 0.5].tolist())
+    ids, areas = np.unique(pred[pred > 0], return_counts=True)
+    unmatched = [(int(area), int(p)) for p, area in zip(ids, areas) if int(p) not in matched]
+    if not unmatched:
+        return None
+    return pred == max(unmatched)[1], FALSE_POSITIVE
+
+
+def correct(layer: Any, truth: np.ndarray, region: np.ndarray, what: str) -> None:
     """Repaint ``region`` of the labels layer as the truth has it (new ids, so no object of the layer grows),
-    through napari's paint path (undo history, paint event)."""
+    or erase it (a false positive), through napari's paint path (undo history, paint event)."""
     data = np.asarray(layer.data)
-    target = np.where(truth[region] > 0, truth[region] + int(data.max()), 0)
+    target = 0 if what == FALSE_POSITIVE else np.where(truth[region] > 0, truth[region] + int(data.max()), 0)
     layer.data_setitem(np.nonzero(region), target)
 
 
@@ -158,7 +172,7 @@ def _measure(viewer: Any, name: str, image: np.ndarray, truth: np.ndarray, model
         error = worst_error(shown(), truth)
         if error is None:
             return False
-        correct(labels, truth, error[0])
+        correct(labels, truth, *error)
         by_hand[error[0]] = np.asarray(labels.data)[error[0]]
         made.append(error[1])
         return True
