@@ -99,12 +99,16 @@ def false_positive(pred: np.ndarray, truth_ids: np.ndarray, pred_ids: np.ndarray
     return pred == max(unmatched)[1], FALSE_POSITIVE
 
 
+def repainted(labels: np.ndarray, truth: np.ndarray, region: np.ndarray, what: str) -> np.ndarray | int:
+    """What a user paints over ``region`` of ``labels``: the truth there (new ids, so no object of the labels
+    grows), or nothing (a false positive, erased)."""
+    return 0 if what == FALSE_POSITIVE else np.where(truth[region] > 0, truth[region] + int(labels.max()), 0)
+
+
 def correct(layer: Any, truth: np.ndarray, region: np.ndarray, what: str) -> None:
-    """Repaint ``region`` of the labels layer as the truth has it (new ids, so no object of the layer grows),
-    or erase it (a false positive), through napari's paint path (undo history, paint event)."""
-    data = np.asarray(layer.data)
-    target = 0 if what == FALSE_POSITIVE else np.where(truth[region] > 0, truth[region] + int(data.max()), 0)
-    layer.data_setitem(np.nonzero(region), target)
+    """Repaint ``region`` of the labels layer (:func:`repainted`) through napari's paint path (undo history,
+    paint event)."""
+    layer.data_setitem(np.nonzero(region), repainted(np.asarray(layer.data), truth, region, what))
 
 
 def cases(args: argparse.Namespace, model: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
