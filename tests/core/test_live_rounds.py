@@ -116,7 +116,9 @@ class TwoSnapshots(OneSnapshot):
         self.number = 2  # the second correction arrives
 
 
-def test_a_round_started_with_one_correction_trains_and_is_judged_by_the_next_one(monkeypatch):
+def one_split_then_two(monkeypatch) -> tuple[Path, TwoSnapshots]:
+    """A tiny model, and a user who splits one merged pair (nothing to hold out) and then the other; every
+    round beats the model in use."""
     from test_corrections import merge
 
     import napari_unet.core.live_training as live_training
@@ -129,9 +131,13 @@ def test_a_round_started_with_one_correction_trains_and_is_judged_by_the_next_on
     monkeypatch.setattr(live_training, "beats", lambda before, after, improved: True)
     network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
     path = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
-    snapshots = TwoSnapshots(first, second)
+    return Path(path), TwoSnapshots(first, second)
+
+
+def test_a_round_started_with_one_correction_trains_and_is_judged_by_the_next_one(monkeypatch):
+    path, snapshots = one_split_then_two(monkeypatch)
     events = []
-    for event in live_rounds(Path(path), snapshots, lambda: False, OPTIONS):
+    for event in live_rounds(path, snapshots, lambda: False, OPTIONS):
         events.append(event)
         if isinstance(event, LiveRound) and (event.on_newer or event.snapshot == 2):
             break  # every round beats here: the rounds after it would go on making versions
@@ -147,23 +153,11 @@ def test_a_round_started_with_one_correction_trains_and_is_judged_by_the_next_on
 
 def test_a_round_started_with_one_correction_trains_to_its_end_and_is_judged_by_all_the_strokes_since(monkeypatch):
     """Strokes arriving while the round trains do not cut it short: measured, a round stopped at the second
-    correction (ten seconds in) changed the view for the worse about as often as for the better; it trains its
+    correction (ten seconds in) changed the view for the worse more often than for the better; it trains its
     whole budget, and every correction made meanwhile judges it."""
-    from test_corrections import merge
-
-    import napari_unet.core.live_training as live_training
-
-    image, labels = generate_nuclei((128, 128), "dense", seed=0)
-    top, bottom = pairs_in(labels, slice(0, 56), slice(0, 128))[0], pairs_in(labels, slice(72, 128), slice(0, 128))[0]
-    predicted = merge(labels, [top, bottom])
-    first = [Sample(image, merge(labels, [bottom]), prediction=predicted)]
-    second = [Sample(image, labels, prediction=predicted)]
-    monkeypatch.setattr(live_training, "beats", lambda before, after, improved: True)
-    network = UNetConfig(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_features=4, padding="same")
-    path = save_model(Model.from_config(ModelConfig(network, axes="YX"), seed=0), "tiny")
-    snapshots = TwoSnapshots(first, second)
+    path, snapshots = one_split_then_two(monkeypatch)
     events = []
-    for event in live_rounds(Path(path), snapshots, lambda: False, OPTIONS):
+    for event in live_rounds(path, snapshots, lambda: False, OPTIONS):
         events.append(event)
         if isinstance(event, TrainProgress) and event.loss is not None and event.step == 2:
             snapshots.number = 2  # the second correction arrives two steps into the round
