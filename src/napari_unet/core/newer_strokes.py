@@ -1,23 +1,23 @@
 """Judging a Live round by the strokes the user made after it started ("test, then train").
 
 Live mode judges a round on held-out corrections (:mod:`napari_unet.core.holdout`), which needs two of them: with
-one corrected object, holding it out leaves nothing to learn from, and the round could make no version until
-the second correction had been trained on too (about 35 s on two CPU cores). But the strokes a user makes while
-a round trains are ones it has never seen: they are held out of it by construction. So a round started with
-nothing to hold out trains on all of the annotations for its whole time budget, and is then scored, beside the
-model in use, on the objects changed by the strokes made meanwhile (or, if none, by the next ones) (:func:`newer_strokes_validation`): the objects of the
-newer labels that touch a changed pixel or an object that held one, in a block around them, as the held-out
-corrections are scored. The round made its guess before it saw the answer; the model in use made its own (it got them wrong: that is why
-the user corrected them).
+one corrected object, holding it out leaves nothing to learn from, and the round could make no version until the
+second correction had been trained on too (about 35 s on two CPU cores). But the strokes a user makes while a round
+trains are ones it has never seen: they are held out of it by construction. So a round started with nothing to hold
+out trains on all of the annotations for its whole time budget, and is then scored, beside the model in use, on the
+objects changed by the strokes made meanwhile (or, if none, by the next ones) (:func:`newer_strokes_validation`):
+the objects of the newer labels that touch a changed pixel or an object that held one, in a block around them, as
+the held-out corrections are scored. The round made its guess before it saw the answer; the model in use made its
+own (it got them wrong: that is why the user corrected them).
 
-Measured on this project's DSB 2018 train split (40 fluorescence images on which the bundled model merges
-nuclei; a round trained 20 s on the first correction, the child's one thread, scored on the next two), the
-judge put a version to use on 6 images: the view it wrote (as Live writes it) was better than the corrections alone on 3, the same on 1,
-worse on 2. Versions of all 40 rounds, unjudged: better on 9, worse on 8. A round stopped at the second
-correction (10 s) and judged on it alone: 5 put to use, 2 better, 2 worse; unjudged, better on 9, worse on 14.
+Measured on this project's DSB 2018 train split (``bench/live_offline.py``: 40 fluorescence images on which the
+bundled model merges nuclei, a correction every 10 s, the first judged round): the judge put a version to use on 4
+images, and the view it wrote (as Live writes it) was better than the corrections alone on 3 and the same on 1; of
+the 35 rounds it refused, the views were worse on 8, better on 3, the same on 24.
 
-Only 2D samples are scored this way (a stack trains plane by plane; a sample of large objects is scored at
-the scale it trains at); a pair added, removed or resized between the snapshots gives no score. Without a score the round makes no version, and the next round is judged on held-out corrections.
+Only 2D samples are scored this way (a stack trains plane by plane; a sample of large objects is scored at the scale
+it trains at); a pair added, removed or resized between the snapshots gives no score. Without a score the round
+makes no version, and the next round is judged on held-out corrections.
 """
 from __future__ import annotations
 
