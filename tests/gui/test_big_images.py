@@ -91,8 +91,6 @@ def test_a_big_stack_slice_with_probabilities(qtbot, viewer, segment_widget, run
     assert folders == {output.metadata[META_KEY], viewer.layers["stack P(interior)"].metadata[META_KEY]}, \
         "the labels and this run's probabilities; the replaced probabilities' store is gone"
 
-    viewer.screenshot(path="/tmp/chk/big.png", canvas_only=False)
-
 
 def test_removing_the_output_mid_run_deletes_its_store_once_the_run_ends(qtbot, viewer, segment_widget, big,
                                                                          monkeypatch, isolated_home):

@@ -255,11 +255,6 @@ def test_training_runs_in_a_child_and_roll_back_selects_the_parent(qtbot, viewer
     assert finetune_widget.scores.isVisibleTo(finetune_widget)
     assert "F1@0.5" in scores and "tiny " in scores and "tiny-v2 " in scores, scores
 
-    viewer.window._qt_window.resize(1400, 1000)
-    path = "/tmp/napari-unet-finetune-dock.png"
-    from imageio.v3 import imwrite
-    imwrite(path, viewer.screenshot(canvas_only=False, flash=False))
-
     assert finetune_widget.rollback_button.isEnabled()
     qtbot.mouseClick(finetune_widget.rollback_button, Qt.MouseButton.LeftButton)
     assert segment_widget.model_picker.model_path == base, "the Segment dock follows"
