@@ -193,7 +193,8 @@ def test_a_large_image_survives_a_dead_worker(client, model, tmp_path):
                                  tile_shape=192, tiles_per_task=2, probabilities=probabilities)
     assert armed not in client.scheduler_info()["workers"], "the armed worker never wrote: nothing was tested"
     assert result.tasks > 2 and np.array_equal(result.labels[...], expected.labels)
-    assert np.array_equal(probabilities[...], expected.probabilities)
+    # the same up to float round-off: the restarted worker's tiles may run with other kernels or thread counts
+    np.testing.assert_allclose(probabilities[...], expected.probabilities, rtol=0, atol=1e-5)
     assert _partials(tmp_path) == [] and not list(tmp_path.glob(".napari-unet-tiles-*"))
     client.wait_for_workers(2, timeout=60)
 

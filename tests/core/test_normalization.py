@@ -47,9 +47,10 @@ def test_identical_copies_get_the_statistics_and_labels_of_one_plane():
 
     alone = segment(image, model, axes="YX", device="cpu").labels
     for data, axes in ((volume, "ZYX"), (series, "TZYX"), (series[:, :, None], "TZCYX")):
-        # plane by plane: every copy is then labelled exactly as the plane alone would be
+        # plane by plane: every copy is then labelled as the plane alone is, up to the few pixels at a threshold
+        # that float round-off of a batch of planes can flip (a normalisation that differed would move hundreds)
         labels = segment(data, model, axes=axes, device="cpu", probabilities=False,
                          stack="planes").labels.reshape(-1, 512, 512)
         for copy in labels:
-            assert (copy > 0).sum() == (alone > 0).sum(), axes
-            np.testing.assert_array_equal(copy > 0, alone > 0)
+            differ = int(((copy > 0) != (alone > 0)).sum())
+            assert differ <= 0.001 * (alone > 0).sum(), (axes, differ)
