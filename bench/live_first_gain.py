@@ -3,10 +3,10 @@
 What a user does, played in a real viewer (run under a display or ``xvfb-run -a``): an image is segmented by
 the Segment dock with the bundled ``nuclei`` model; the user corrects one object (the worst error on screen,
 picked from the true labels: the largest object that merges two or more true nuclei, else the true nucleus
-matched worst, else the largest object that matches no true nucleus, erased), adds the image and the Segment labels as the Fine-tune dock's pair and switches *Live* on,
-then goes on correcting the next worst error every ``--pace`` seconds. The clock starts with the first
-correction. Live trains in its child, and each version that does better on held-out corrections (or, for a
-round started with one correction, on the corrections made after it started) re-segments the view except
+matched worst, else the largest object that matches no true nucleus, erased), adds the image and the Segment
+labels as the Fine-tune dock's pair and switches *Live* on, then goes on correcting the next worst error every
+``--pace`` seconds. The clock starts with the first correction. Live trains in its child, and each version that
+does better on held-out corrections (or, for a round started with one correction, on the corrections made after it started) re-segments the view except
 where the user edited (:mod:`napari_unet.widgets._live_training`). At each
 re-segmentation the table gives object F1@0.5 against the true labels of the labels on screen and of
 Segment's labels with the same corrections by hand and nothing else. "first gain" is the first

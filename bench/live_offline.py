@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,28 +84,24 @@ def first_judged(model_path: Path, snapshots: TimedSnapshots, timeout_s: float) 
     correction, the folder of that round's model, saved whether or not it was put to use)."""
     import napari_unet.core.live_training as live_training
     from napari_unet.core.versions import save_version
+    from napari_unet.widgets._live_training import ROUND_S
 
-    kept: dict[int, Path] = {}
     tuned_models: list = []
     real_round = live_training._run_round
 
-    def remembering_round(model, *args, **kwargs):  # keep each round's model, to write its view even if refused
-        tuned, last = yield from real_round(model, *args, **kwargs)
+    def remembering_round(*args, **kwargs):  # keep each round's model, to write its view even if refused
+        tuned, last = yield from real_round(*args, **kwargs)
         tuned_models.append(tuned)
         return tuned, last
 
-    stop = threading.Event()
+    timed_out = lambda: time.perf_counter() - snapshots.started > timeout_s  # noqa: E731
     live_training._run_round = remembering_round
     try:
-        for event in live_training.live_rounds(model_path, snapshots, lambda: stop.is_set() or time.perf_counter()
-                                               - snapshots.started > timeout_s, {"time_budget_s": 20.0, "seed": 0}):
+        for event in live_training.live_rounds(model_path, snapshots, timed_out, {"time_budget_s": ROUND_S, "seed": 0}):
             if isinstance(event, live_training.LiveRound) and event.score_name is not None:
-                seconds = time.perf_counter() - snapshots.started
                 model = next((m for m in reversed(tuned_models) if m is not None), None)
-                if event.number not in kept and model is not None:
-                    kept[event.number] = event.version or save_version(model)
-                stop.set()
-                return event, seconds, kept.get(event.number)
+                folder = event.version or (save_version(model) if model is not None else None)
+                return event, time.perf_counter() - snapshots.started, folder
     finally:
         live_training._run_round = real_round
     return None, timeout_s, None
